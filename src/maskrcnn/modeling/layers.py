@@ -1,0 +1,74 @@
+"""Small building blocks: frozen BatchNorm and conv helpers."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["FrozenBatchNorm2d", "conv_norm_relu", "convert_frozen_bn"]
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine parameters (buffers, not parameters).
+
+    ``y = x * scale + bias`` with ``scale = weight * rsqrt(running_var + eps)`` and
+    ``bias = bias - running_mean * scale``, computed exactly as torchvision does so that outputs
+    match bit for bit. ``eps`` is an attribute: torchvision's v1 COCO file needs ``eps = 0``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def scale_and_bias(self) -> tuple[Tensor, Tensor]:
+        """Per-channel ``(scale, bias)`` vectors ``[C]``."""
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight.reshape(1, -1, 1, 1)
+        b = self.bias.reshape(1, -1, 1, 1)
+        rv = self.running_var.reshape(1, -1, 1, 1)
+        rm = self.running_mean.reshape(1, -1, 1, 1)
+        scale = w * (rv + self.eps).rsqrt()
+        bias = b - rm * scale
+        return x * scale + bias
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def convert_frozen_bn(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` in ``module`` by a :class:`FrozenBatchNorm2d` with its statistics."""
+    if isinstance(module, nn.BatchNorm2d):
+        frozen = FrozenBatchNorm2d(module.num_features, module.eps)
+        if module.affine:
+            frozen.weight.copy_(module.weight.detach())
+            frozen.bias.copy_(module.bias.detach())
+        if module.track_running_stats and module.running_mean is not None:
+            frozen.running_mean.copy_(module.running_mean)
+            frozen.running_var.copy_(module.running_var)
+        return frozen
+    for name, child in module.named_children():
+        new = convert_frozen_bn(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+def conv_norm_relu(cin: int, cout: int, k: int, norm: bool, relu: bool = True) -> nn.Sequential:
+    """torchvision's ``Conv2dNormActivation`` layout: ``[conv, (bn), (relu)]`` (key names ``.0``, ``.1``)."""
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, padding=k // 2, bias=not norm)]
+    if norm:
+        layers.append(nn.BatchNorm2d(cout))
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)

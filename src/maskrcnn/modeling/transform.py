@@ -1,0 +1,49 @@
+"""Input preparation: normalise, resize (inference), pad into a batch; map boxes back.
+
+Inference with ``image_resize_mode="minmax"`` reproduces torchvision exactly: normalise first,
+then ``F.interpolate(scale_factor=min(min_dim/short, max_dim/long), bilinear,
+align_corners=False, recompute_scale_factor=True)`` (output side ``int(side * scale)``), then
+zero-pad bottom/right to a multiple of ``size_divisibility``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["normalize", "resize_minmax", "batch_images", "rescale_boxes"]
+
+
+def normalize(image: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """``(image - mean) / std`` per channel; ``image [C, H, W]``, ``mean``/``std`` ``[C]``."""
+    return (image - mean[:, None, None]) / std[:, None, None]
+
+
+def resize_minmax(image: Tensor, min_dim: int, max_dim: int) -> Tensor:
+    """torchvision's resize of ``[C, H, W]``: short side to ``min_dim`` unless the long side would pass ``max_dim``."""
+    h, w = image.shape[-2:]
+    scale = min(min_dim / min(h, w), max_dim / max(h, w))
+    return F.interpolate(image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
+                         align_corners=False)[0]
+
+
+def batch_images(images: list[Tensor], divisibility: int) -> Tensor:
+    """Zero-pad ``[C, H_i, W_i]`` images bottom/right into ``[B, C, H, W]`` with H, W multiples of ``divisibility``."""
+    c = images[0].shape[0]
+    h = int(math.ceil(max(i.shape[1] for i in images) / divisibility) * divisibility)
+    w = int(math.ceil(max(i.shape[2] for i in images) / divisibility) * divisibility)
+    batch = images[0].new_zeros((len(images), c, h, w))
+    for b, img in zip(batch, images):
+        b[:, : img.shape[1], : img.shape[2]].copy_(img)
+    return batch
+
+
+def rescale_boxes(boxes: Tensor, resized: tuple[int, int], original: tuple[int, int]) -> Tensor:
+    """Map ``[N, 4]`` xyxy boxes from the resized to the original image (float32 ratios per axis, as torchvision)."""
+    rh = torch.tensor(original[0], dtype=torch.float32, device=boxes.device) / torch.tensor(resized[0], dtype=torch.float32, device=boxes.device)
+    rw = torch.tensor(original[1], dtype=torch.float32, device=boxes.device) / torch.tensor(resized[1], dtype=torch.float32, device=boxes.device)
+    x1, y1, x2, y2 = boxes.unbind(1)
+    return torch.stack((x1 * rw, y1 * rh, x2 * rw, y2 * rh), dim=1)
