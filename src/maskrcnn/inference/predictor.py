@@ -1,0 +1,227 @@
+"""``maskrcnn.load(...)`` and the :class:`Predictor` that detects on images of any kind."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import Config
+from ..errors import DataError, WeightsError
+from ..modeling import MaskRCNN, build_model
+from .paste import paste_masks
+from .results import Detections
+
+__all__ = ["load", "Predictor", "ImageInput"]
+
+ImageInput = Union[str, os.PathLike, np.ndarray, Tensor, Any]  # Any: PIL.Image.Image
+
+
+def _log(msg: str) -> None:
+    print(msg)
+
+
+def load(weights: str | os.PathLike | None = "coco", *, config: Config | str | os.PathLike | None = None,
+         device: str | torch.device | None = None, fast: bool | None = None,
+         frozen_bn_eps: float | None = None, progress: bool = True, **overrides: Any) -> "Predictor":
+    """Load a model for detection.
+
+    Args:
+        weights: ``"coco"`` / ``"coco-v2"`` (downloaded once, hash-checked), one of our checkpoints
+            (``.safetensors`` file or folder), a torchvision state-dict ``.pth``, or ``None`` for
+            random weights (with ``config``).
+        config: a :class:`Config` or YAML path; by default the checkpoint's own or the one implied by
+            the state dict. Its class count must match the weights' (a one-line error otherwise).
+        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
+        fast: fast inference mode (see ``Config.fast``).
+        frozen_bn_eps: override the frozen-BatchNorm eps convention (torchvision v1 files use 0).
+        overrides: config fields to change, e.g. ``detection_min_confidence=0.5``.
+    """
+    sd: dict[str, Tensor] | None = None
+    source = str(weights)
+    implied: dict[str, Any] = {}
+    if isinstance(config, (str, os.PathLike)):
+        config = Config.from_yaml(config)
+    from .. import weights as W
+
+    if weights is None:
+        if config is None:
+            config = Config()
+    elif str(weights) in W.NAMED_WEIGHTS:
+        path, _ = W.resolve_named(str(weights), progress=progress)
+        sd = W.convert_torchvision(W.read_state_dict(path))
+        implied = W.config_from_state_dict(sd)
+        if implied["architecture"] == "v1":
+            implied["frozen_bn_eps"] = 0.0
+    elif W.is_checkpoint(weights):
+        ck_config, sd = W.load_checkpoint(weights)
+        implied = ck_config.model_dump()
+    else:
+        path = Path(weights)
+        if not path.exists():
+            raise WeightsError(f"{path}: weights file not found; pass 'coco', 'coco-v2', one of our checkpoints "
+                               "or a torchvision .pth state dict")
+        sd = W.convert_torchvision(W.read_state_dict(path))
+        implied = W.config_from_state_dict(sd)
+        if implied["architecture"] == "v1":
+            implied["frozen_bn_eps"] = W.v1_frozen_bn_eps(sd)
+    if config is None:
+        config = Config.create(**implied) if implied else Config()
+    elif implied:
+        for key in ("architecture", "backbone", "num_classes", "image_channel_count"):
+            if key in implied and getattr(config, key) != implied[key]:
+                raise WeightsError(f"{source}: weights have {key}={implied[key]!r} but the config says "
+                                   f"{getattr(config, key)!r}; set {key}: {implied[key]!r} in the config or use matching weights")
+        if config.frozen_bn_eps is None and implied.get("frozen_bn_eps") is not None:
+            overrides.setdefault("frozen_bn_eps", implied["frozen_bn_eps"])
+    if frozen_bn_eps is not None:
+        overrides["frozen_bn_eps"] = frozen_bn_eps
+    if fast is not None:
+        overrides["fast"] = fast
+    if overrides:
+        config = config.replace(**overrides)
+    model = build_model(config)
+    if sd is not None:
+        W.load_into(model, sd, source=source, reinit_classes=False, log=_log)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Predictor(model, device=device)
+
+
+class Predictor:
+    """Runs a :class:`MaskRCNN` on images: paths, PIL images, numpy arrays or tensors.
+
+    ``detect(images)`` returns one :class:`Detections` per image: boxes ``(x1, y1, x2, y2)`` in
+    original pixels, class ids and names, scores, and bool masks at the original size (a pixel
+    belongs to an instance when its mask probability is ``>= config.mask_threshold``, 0.5 by
+    default).
+    """
+
+    def __init__(self, model: MaskRCNN, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.config: Config = model.config
+        c = self.config
+        self.class_names = list(c.class_names) if c.class_names else ["BG"] + [str(i) for i in range(1, c.num_classes)]
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ input conversion
+    def _warn_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(msg, stacklevel=3)
+
+    def to_array(self, image: ImageInput, name: str = "image") -> np.ndarray:
+        """Any supported input -> ``[H, W, C]`` array with the model's channel count.
+
+        Grayscale into an RGB model is replicated and a constant alpha channel dropped, each with a
+        warning; any other channel mismatch is a :class:`DataError`.
+        """
+        from ..data.images import read_image
+
+        if isinstance(image, (str, os.PathLike)):
+            arr = read_image(image)
+        elif isinstance(image, Tensor):
+            t = image.detach().cpu()
+            if t.dim() == 2:
+                t = t[None]
+            if t.dim() != 3:
+                raise DataError(f"{name}: tensor of shape {tuple(t.shape)}; expected [C, H, W] or [H, W]")
+            arr = t.permute(1, 2, 0).numpy()
+        elif isinstance(image, np.ndarray):
+            arr = image
+        elif hasattr(image, "mode") and hasattr(image, "size"):  # PIL image
+            from PIL import ImageOps
+
+            im = ImageOps.exif_transpose(image)
+            if im.mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            arr = np.asarray(im)
+        else:
+            raise DataError(f"{name}: unsupported input type {type(image).__name__}; pass a path, PIL image, "
+                            "numpy array or tensor")
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        if arr.ndim != 3 or arr.shape[2] > 16 or min(arr.shape[:2]) < 1:
+            raise DataError(f"{name}: array of shape {arr.shape} is not an image; expected HxW, HxWx3 or HxWxC")
+        if arr.dtype not in (np.uint8, np.uint16, np.float32, np.float64, np.bool_):
+            raise DataError(f"{name}: dtype {arr.dtype} is not supported; use uint8, uint16 or float in [0, 1]")
+        want = self.config.image_channel_count
+        have = arr.shape[2]
+        if have != want:
+            if want == 3 and have == 1:
+                self._warn_once("gray", f"{name}: grayscale image given to a 3-channel model; replicating it to RGB "
+                                "(set image_channel_count: 1 to train on grayscale)")
+                arr = np.repeat(arr, 3, axis=2)
+            elif want == 3 and have == 4 and (arr[:, :, 3] == arr[0, 0, 3]).all():
+                self._warn_once("alpha", f"{name}: dropping a constant alpha channel (RGBA -> RGB)")
+                arr = arr[:, :, :3]
+            else:
+                raise DataError(f"{name}: image has {have} channels but the model takes {want}; convert the image "
+                                f"or use a model with image_channel_count: {have}")
+        return arr
+
+    # ------------------------------------------------------------------ detection
+    @torch.no_grad()
+    def detect(self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 4,
+               score_threshold: float | None = None, mask_threshold: float | None = None) -> list[Detections]:
+        """Detect on one image or a sequence; returns one :class:`Detections` per image.
+
+        ``score_threshold`` drops detections below it (the model itself keeps scores above
+        ``config.detection_min_confidence``).
+        """
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        return list(self.detect_iter(images, batch_size=batch_size, score_threshold=score_threshold,
+                                     mask_threshold=mask_threshold))
+
+    def detect_iter(self, images: Iterable[ImageInput], *, batch_size: int = 4, score_threshold: float | None = None,
+                    mask_threshold: float | None = None) -> Iterator[Detections]:
+        """Like :meth:`detect` but lazy: images are read and results yielded batch by batch (bounded memory)."""
+        batch: list[tuple[np.ndarray, str | None]] = []
+        for i, image in enumerate(images):
+            name = str(image) if isinstance(image, (str, os.PathLike)) else f"image {i}"
+            arr = self.to_array(image, name)
+            batch.append((arr, Path(image).name if isinstance(image, (str, os.PathLike)) else None))
+            if len(batch) == batch_size:
+                yield from self._run(batch, score_threshold, mask_threshold)
+                batch = []
+        if batch:
+            yield from self._run(batch, score_threshold, mask_threshold)
+
+    def _run(self, batch: list[tuple[np.ndarray, str | None]], score_threshold: float | None,
+             mask_threshold: float | None) -> list[Detections]:
+        from ..data.images import to_float_tensor
+
+        c = self.config
+        thr = c.mask_threshold if mask_threshold is None else mask_threshold
+        sizes = [(a.shape[0], a.shape[1]) for a, _ in batch]
+        if c.image_resize_mode == "minmax":
+            tensors = [to_float_tensor(a).to(self.device) for a, _ in batch]
+            raw = self.model.detect_tensors(tensors, sizes)
+        else:
+            from ..data.pipeline import prepare_for_inference
+
+            cfg = c if c.image_resize_mode != "crop" else c.model_copy(update={"image_resize_mode": "pad64"})
+            prepared = [prepare_for_inference(a, cfg) for a, _ in batch]
+            tensors = [t.to(self.device) for t, _ in prepared]
+            raw = self.model.detect_tensors(tensors, [tuple(t.shape[-2:]) for t in tensors], resize=False)
+            for r, (_, info) in zip(raw, prepared):
+                r["boxes"] = torch.as_tensor(info.boxes_to_original(r["boxes"].cpu().numpy()), device=self.device)
+        out = []
+        for r, size, (_, fname) in zip(raw, sizes, batch):
+            if score_threshold is not None:
+                keep = r["scores"] >= score_threshold
+                r = {k: v[keep] for k, v in r.items()}
+            masks = paste_masks(r["mask_probs"], r["boxes"], size, threshold=thr)
+            out.append(Detections(
+                boxes=r["boxes"].float().cpu().numpy(), class_ids=r["labels"].cpu().numpy(),
+                scores=r["scores"].float().cpu().numpy(), masks=masks.cpu().numpy(),
+                class_names=self.class_names, image_size=size, file_name=fname))
+        return out

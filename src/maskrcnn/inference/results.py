@@ -1,0 +1,78 @@
+"""Detections of one image and their conversions (COCO results, Matterport's dict)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Detections"]
+
+
+@dataclass
+class Detections:
+    """Detections of one image, in its original pixel coordinates.
+
+    Attributes:
+        boxes: ``[N, 4]`` float32 ``(x1, y1, x2, y2)``; x2/y2 are exclusive edges.
+        class_ids: ``[N]`` int64 class ids (1..num_classes-1; 0 is background).
+        scores: ``[N]`` float32, sorted descending.
+        masks: ``[N, H, W]`` bool at the original image size.
+        class_names: the model's class names (index = class id).
+        image_size: ``(H, W)``.
+        file_name: source file name when detected from a path.
+    """
+
+    boxes: np.ndarray
+    class_ids: np.ndarray
+    scores: np.ndarray
+    masks: np.ndarray
+    class_names: list[str] = field(default_factory=list)
+    image_size: tuple[int, int] = (0, 0)
+    file_name: str | None = None
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def names(self) -> list[str]:
+        """Class name of each detection."""
+        return [self.class_names[c] if c < len(self.class_names) else str(c) for c in self.class_ids.tolist()]
+
+    def filter(self, min_score: float) -> "Detections":
+        keep = self.scores >= min_score
+        return Detections(self.boxes[keep], self.class_ids[keep], self.scores[keep], self.masks[keep],
+                          self.class_names, self.image_size, self.file_name)
+
+    def rle(self) -> list[dict]:
+        """COCO RLE (``counts`` as str) of each mask."""
+        from pycocotools import mask as mask_utils
+
+        if len(self) == 0:
+            return []
+        encoded = mask_utils.encode(np.asfortranarray(self.masks.transpose(1, 2, 0).astype(np.uint8)))
+        for e in encoded:
+            e["counts"] = e["counts"].decode("ascii")
+        return encoded
+
+    def to_coco(self, image_id: int, category_ids: list[int] | None = None) -> list[dict]:
+        """COCO results: ``image_id``, ``category_id``, ``bbox`` (x, y, w, h), ``score``, ``segmentation`` (RLE),
+        plus ``file_name`` when known. ``category_ids[class_id]`` maps class ids to dataset ids."""
+        out = []
+        for box, cid, score, seg in zip(self.boxes.tolist(), self.class_ids.tolist(), self.scores.tolist(), self.rle()):
+            x1, y1, x2, y2 = box
+            d = {"image_id": int(image_id), "category_id": int(category_ids[cid] if category_ids else cid),
+                 "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score), "segmentation": seg}
+            if self.file_name is not None:
+                d["file_name"] = self.file_name
+            out.append(d)
+        return out
+
+    def to_matterport(self) -> dict[str, np.ndarray]:
+        """Matterport's ``detect`` dict: ``rois [N, (y1, x1, y2, x2)]`` int32, ``class_ids``, ``scores``,
+        ``masks [H, W, N]`` bool."""
+        rois = np.round(self.boxes[:, [1, 0, 3, 2]]).astype(np.int32).reshape(-1, 4)
+        h, w = self.image_size
+        masks = self.masks.transpose(1, 2, 0) if len(self) else np.zeros((h, w, 0), dtype=bool)
+        return {"rois": rois, "class_ids": self.class_ids.astype(np.int32), "scores": self.scores.astype(np.float32),
+                "masks": masks}

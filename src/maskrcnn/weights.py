@@ -1,0 +1,380 @@
+"""Weights: named downloads, torchvision state dicts and our own checkpoints.
+
+* Named weights ``"coco"`` (torchvision ``maskrcnn_resnet50_fpn``, 37.9 box / 34.6 mask AP) and
+  ``"coco-v2"`` (``maskrcnn_resnet50_fpn_v2``, 47.4 / 41.8) are downloaded once into the cache
+  (``$MASKRCNN_CACHE`` or ``~/.cache/maskrcnn``), checked against the SHA-256 prefix in their file
+  name, and loaded. torchvision's own cache is used when the file is already there. Offline, the
+  error says which file to put where.
+* torchvision state dicts (``.pth``/``.pt``) are read with ``torch.load(weights_only=True)``: no
+  arbitrary unpickling. Legacy key names of the 2019 v1 file are accepted. A v1 file gets frozen
+  BatchNorm ``eps = 0`` (torchvision's convention for it, inherited by models fine-tuned from it)
+  unless ``frozen_bn_eps`` is given.
+* Our checkpoints are safetensors: one ``.safetensors`` file whose metadata holds the config YAML,
+  or a folder with ``model.safetensors`` and ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import Config
+from .errors import WeightsError
+
+__all__ = [
+    "NAMED_WEIGHTS", "COCO_CLASSES", "resolve_named", "cache_dir", "download",
+    "read_state_dict", "convert_torchvision", "config_from_state_dict", "load_into",
+    "save_checkpoint", "load_checkpoint", "is_checkpoint",
+]
+
+
+@dataclass(frozen=True)
+class NamedWeights:
+    file: str
+    url: str
+    architecture: str
+
+
+NAMED_WEIGHTS: dict[str, NamedWeights] = {
+    "coco": NamedWeights("maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
+                         "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth", "v1"),
+    "coco-v2": NamedWeights("maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
+                            "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth", "v2"),
+}
+
+#: COCO category names in torchvision's 91-class order (index 0 background, "N/A" for unused ids).
+COCO_CLASSES: list[str] = [
+    "BG", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "N/A", "backpack", "umbrella", "N/A",
+    "N/A", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "N/A",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed",
+    "N/A", "dining table", "N/A", "N/A", "toilet", "N/A", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "N/A", "book", "clock", "vase",
+    "scissors", "teddy bear", "hair drier", "toothbrush",
+]
+
+CLASS_DEPENDENT = ("roi_heads.box_predictor.cls_score.", "roi_heads.box_predictor.bbox_pred.",
+                   "roi_heads.mask_predictor.mask_fcn_logits.")
+
+
+# ---------------------------------------------------------------------------- download
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MASKRCNN_CACHE", Path.home() / ".cache" / "maskrcnn")) / "weights"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _expected_prefix(file: str) -> str | None:
+    m = re.search(r"-([0-9a-f]{8,})\.[a-z]+$", file)
+    return m.group(1) if m else None
+
+
+def download(url: str, file: str, *, progress: bool = True) -> Path:
+    """Return the cached path of ``file``, downloading ``url`` first if needed.
+
+    The SHA-256 of the file must start with the hex digits after the last ``-`` in its name.
+    The download goes to a temporary file renamed into place only after the check.
+    """
+    target = cache_dir() / file
+    torch_hub = Path(torch.hub.get_dir()) / "checkpoints" / file
+    for candidate in (target, torch_hub):
+        if candidate.is_file():
+            return candidate
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=file + ".", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=30) as resp:
+                    total = int(resp.headers.get("Content-Length") or 0)
+                    bar = None
+                    if progress:
+                        from tqdm import tqdm
+
+                        bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=file, leave=False)
+                    while chunk := resp.read(1 << 20):
+                        out.write(chunk)
+                        if bar is not None:
+                            bar.update(len(chunk))
+                    if bar is not None:
+                        bar.close()
+            except (urllib.error.URLError, OSError, TimeoutError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise WeightsError(f"cannot download {url} ({reason}); offline? put the file at {target}") from None
+        prefix = _expected_prefix(file)
+        if prefix is not None:
+            digest = _sha256(tmp)
+            if not digest.startswith(prefix):
+                raise WeightsError(f"{url}: SHA-256 {digest[:12]}... does not start with {prefix}; "
+                                   f"the download is corrupt, delete {target} and retry")
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return target
+
+
+def resolve_named(name: str, *, progress: bool = True) -> tuple[Path, NamedWeights]:
+    try:
+        entry = NAMED_WEIGHTS[name]
+    except KeyError:
+        raise WeightsError(f"unknown weights name {name!r}; use one of {', '.join(NAMED_WEIGHTS)}, "
+                           "a checkpoint (.safetensors or folder) or a torchvision .pth file") from None
+    path = download(entry.url, entry.file, progress=progress)
+    prefix = _expected_prefix(entry.file)
+    if prefix is not None and not _sha256(path).startswith(prefix):
+        raise WeightsError(f"{path}: SHA-256 does not match {prefix}; delete the file and download it again")
+    return path, entry
+
+
+# ---------------------------------------------------------------------------- torchvision state dicts
+
+
+_LEGACY = [
+    (re.compile(r"^backbone\.fpn\.(inner_blocks|layer_blocks)\.(\d+)\.(weight|bias)$"), r"backbone.fpn.\1.\2.0.\3"),
+    (re.compile(r"^rpn\.head\.conv\.(weight|bias)$"), r"rpn.head.conv.0.0.\1"),
+    (re.compile(r"^roi_heads\.mask_head\.mask_fcn(\d+)\.(weight|bias)$"), None),
+]
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Tensors of a ``.pth``/``.pt`` (``weights_only`` unpickling) or ``.safetensors`` file."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"{path}: weights file not found; pass 'coco', 'coco-v2', a checkpoint or a .pth file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise WeightsError(f"{path}: not a readable safetensors file ({exc}); re-save it") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path}: cannot read as a state dict ({first[:160]}); "
+                           "give a torchvision state-dict .pth or one of our .safetensors checkpoints") from None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: does not hold a state dict of tensors; save model.state_dict()")
+    return obj
+
+
+def convert_torchvision(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename legacy v1 keys to the current names; drop ``num_batches_tracked`` of frozen BN."""
+    out: dict[str, Tensor] = {}
+    for k, v in sd.items():
+        k2 = k
+        m = _LEGACY[0][0].match(k)
+        if m:
+            k2 = f"backbone.fpn.{m.group(1)}.{m.group(2)}.0.{m.group(3)}"
+        elif _LEGACY[1][0].match(k):
+            k2 = _LEGACY[1][0].sub(_LEGACY[1][1], k)  # type: ignore[arg-type]
+        else:
+            m = _LEGACY[2][0].match(k)
+            if m:
+                k2 = f"roi_heads.mask_head.{int(m.group(1)) - 1}.0.{m.group(2)}"
+        out[k2] = v
+    return out
+
+
+def _depth_from_keys(sd: dict[str, Tensor]) -> str:
+    blocks3 = {int(m.group(1)) for k in sd if (m := re.match(r"backbone\.body\.layer3\.(\d+)\.", k))}
+    bottleneck = any(k.startswith("backbone.body.layer1.0.conv3.") for k in sd)
+    n = len(blocks3)
+    table = {(True, 6): "resnet50", (True, 23): "resnet101", (False, 2): "resnet18", (False, 6): "resnet34"}
+    depth = table.get((bottleneck, n))
+    if depth is None:
+        raise WeightsError(f"state dict has a ResNet body with {n} blocks in layer3 "
+                           f"({'bottleneck' if bottleneck else 'basic'} blocks) that matches no supported depth")
+    return depth
+
+
+def config_from_state_dict(sd: dict[str, Tensor]) -> dict[str, Any]:
+    """Config values implied by a (converted) state dict: architecture, backbone, classes, widths."""
+    if "roi_heads.box_predictor.cls_score.weight" not in sd or "backbone.body.conv1.weight" not in sd:
+        raise WeightsError("not a Mask R-CNN state dict (no backbone.body.conv1 / roi_heads.box_predictor keys)")
+    v2 = "roi_heads.box_head.5.weight" in sd
+    values: dict[str, Any] = {
+        "architecture": "v2" if v2 else "v1",
+        "backbone": _depth_from_keys(sd),
+        "num_classes": int(sd["roi_heads.box_predictor.cls_score.weight"].shape[0]),
+        "backbone_width": int(sd["backbone.body.conv1.weight"].shape[0]),
+        "image_channel_count": int(sd["backbone.body.conv1.weight"].shape[1]),
+        "fpn_channels": int(sd["backbone.fpn.layer_blocks.0.0.weight"].shape[0]),
+        "box_head_dim": int(sd["roi_heads.box_predictor.cls_score.weight"].shape[1]),
+        "mask_head_channels": int(sd["roi_heads.mask_predictor.conv5_mask.weight"].shape[1]),
+        "mask_head_convs": len({m.group(1) for k in sd if (m := re.match(r"roi_heads\.mask_head\.(\d+)\.", k))}),
+    }
+    if values["num_classes"] == 91:
+        values["class_names"] = list(COCO_CLASSES)
+    return values
+
+
+def v1_frozen_bn_eps(sd: dict[str, Tensor]) -> float:
+    """The frozen-BN eps a v1 state dict was made with.
+
+    torchvision's COCO file (and every model fine-tuned from it with frozen BN) uses ``eps = 0``;
+    its ``FrozenBatchNorm2d`` has no ``num_batches_tracked``. A body that has those buffers was a
+    plain ``BatchNorm2d`` model (eps 1e-5). Override with ``frozen_bn_eps`` when you know better.
+    """
+    return 1e-5 if "backbone.body.bn1.num_batches_tracked" in sd else 0.0
+
+
+def adapt_conv1(weight: Tensor, channels: int) -> Tensor:
+    """Adapt RGB ``conv1`` weights ``[O, 3, k, k]`` to ``channels`` inputs.
+
+    The first three channels keep the RGB filters (fewer channels take the mean of the RGB filters),
+    each extra channel gets the mean of the RGB filters, and everything is rescaled by ``3 / channels``
+    so the response to an image of equal channels is unchanged.
+    """
+    mean = weight.mean(dim=1, keepdim=True)
+    if channels < 3:
+        new = mean.repeat(1, channels, 1, 1)
+    else:
+        new = torch.cat([weight, mean.repeat(1, channels - 3, 1, 1)], dim=1)
+    return new * (3.0 / channels)
+
+
+def load_into(model: nn.Module, sd: dict[str, Tensor], *, source: str, reinit_classes: bool,
+              log: Any = print) -> None:
+    """Load ``sd`` into ``model``, adapting what can be adapted and naming what cannot.
+
+    * class-dependent layers of another class count are re-initialised when ``reinit_classes``
+      (fine-tuning; Matterport's ``exclude``), otherwise a :class:`WeightsError`;
+    * ``conv1`` of another input channel count is adapted from the RGB filters;
+    * any other shape mismatch or missing key is a :class:`WeightsError` naming the first one.
+    """
+    own = model.state_dict()
+    sd = dict(sd)
+    dropped = []
+    for k in list(sd):
+        if k.endswith("num_batches_tracked") and k not in own:
+            del sd[k]
+            continue
+        if k in own and sd[k].shape != own[k].shape:
+            if k.startswith(CLASS_DEPENDENT):
+                if not reinit_classes:
+                    raise WeightsError(f"{source}: has {_classes_of(sd)} classes but the config has "
+                                       f"{_classes_of(own)}; set num_classes: {_classes_of(sd)} (or fine-tune "
+                                       "with maskrcnn train, which re-initialises the class layers)")
+                dropped.append(k)
+                del sd[k]
+            elif k == "backbone.body.conv1.weight" and sd[k].shape[1] == 3:
+                log(f"{source}: adapting conv1 from 3 to {own[k].shape[1]} input channels (RGB filter means)")
+                sd[k] = adapt_conv1(sd[k], own[k].shape[1])
+            else:
+                raise WeightsError(f"{source}: {k} has shape {tuple(sd[k].shape)} but the model expects "
+                                   f"{tuple(own[k].shape)}; the checkpoint is for another backbone/head setting "
+                                   "(check backbone, fpn_channels, box_head_dim, mask_head_channels)")
+    if dropped:
+        log(f"{source}: re-initialised the class-dependent layers (cls_score, bbox_pred, mask_fcn_logits) "
+            f"for {_classes_of(own)} classes")
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k not in dropped]
+    if unexpected:
+        raise WeightsError(f"{source}: unexpected key {unexpected[0]!r} ({len(unexpected)} in all); "
+                           "the checkpoint is for another architecture (v1/v2) or backbone depth")
+    if missing:
+        raise WeightsError(f"{source}: missing key {missing[0]!r} ({len(missing)} in all); "
+                           "the checkpoint is for another architecture (v1/v2) or backbone depth")
+
+
+def _classes_of(sd: dict[str, Tensor]) -> int | str:
+    w = sd.get("roi_heads.box_predictor.cls_score.weight")
+    return int(w.shape[0]) if w is not None else "?"
+
+
+# ---------------------------------------------------------------------------- our checkpoints
+
+_META_KEY = "maskrcnn_config"
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """True for one of our checkpoints (a ``.safetensors`` with a config, or a folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / "model.safetensors").is_file()
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return _META_KEY in (f.metadata() or {})
+    except Exception:
+        return False
+
+
+def save_checkpoint(model: nn.Module, config: Config, path: str | Path, extra_meta: dict[str, str] | None = None) -> Path:
+    """Write weights and config atomically: ``path`` ending ``.safetensors`` -> one file (config in
+    metadata); otherwise a folder with ``model.safetensors`` and ``config.yaml``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {_META_KEY: config.to_yaml(), "format": "maskrcnn/1"}
+    meta.update(extra_meta or {})
+    if path.suffix == ".safetensors":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(state, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+        return path
+    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent if path.parent.exists() else None, prefix=path.name + "."))
+    save_file(state, str(tmp_dir / "model.safetensors"), metadata=meta)
+    config.to_yaml(tmp_dir / "config.yaml")
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp_dir, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[Config, dict[str, Tensor]]:
+    """``(config, state_dict)`` of one of our checkpoints."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    file = path / "model.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise WeightsError(f"{path}: no checkpoint here; expected a .safetensors file or a folder with model.safetensors")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise WeightsError(f"{file}: not a readable safetensors file ({exc}); the checkpoint is corrupt") from None
+    if path.is_dir() and (path / "config.yaml").is_file():
+        config = Config.from_yaml(path / "config.yaml")
+    elif _META_KEY in meta:
+        import yaml
+
+        config = Config.create(**yaml.safe_load(meta[_META_KEY]))
+    else:
+        raise WeightsError(f"{file}: safetensors file without a maskrcnn config; load it as a state dict instead")
+    return config, sd
