@@ -1,0 +1,139 @@
+"""Any :class:`~maskrcnn.data.Dataset` -> a COCO instances dict / JSON file.
+
+The dict is what :mod:`maskrcnn.evaluation` takes as ground truth and what
+:class:`~maskrcnn.data.formats.CocoDataset` reads back with identical masks and class ids:
+
+* ``images``: ``{"id": internal image id, "file_name", "width", "height"}``;
+* ``categories``: ``{"id": internal class id (1..K), "name", "supercategory": source}``;
+* ``annotations``: one per instance, ids from 1 (pycocotools treats id 0 as "unmatched"):
+  ``segmentation`` compressed RLE with ``counts`` as str, ``bbox`` ``[x, y, w, h]`` of the mask
+  (pixel-edge coordinates), ``area`` (pixel count), ``iscrowd: 0``. Instances with an empty
+  mask are written as they are (area 0): the data checker reports them.
+* ignore regions (``load_ignore_instances`` when the dataset has it, else ``load_ignore_mask``)
+  become ``iscrowd: 1`` annotations; a region without a class is written once per category, so
+  it is ignored for every class.
+
+Masks are loaded one image at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pycocotools.mask as mask_utils
+
+from ..errors import DataError
+from .dataset import Dataset
+
+__all__ = ["dataset_to_coco", "write_coco"]
+
+
+def dataset_to_coco(dataset: Dataset, image_ids: Iterable[int] | None = None,
+                    relative_to: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The COCO dict of ``dataset`` (all images, or ``image_ids``); see the module docstring.
+
+    ``relative_to``: the folder the JSON will live in; ``file_name`` is written relative to it for
+    images inside it, absolute for the others. None: the paths as the dataset stores them.
+    """
+    if not getattr(dataset, "_prepared", True) or dataset.num_classes == 0:
+        raise DataError(f"{type(dataset).__name__} is not prepared; call dataset.prepare() before converting it")
+    ids = list(dataset.image_ids) if image_ids is None else [int(i) for i in image_ids]
+    categories = [
+        {"id": i, "name": str(dataset.class_names[i]), "supercategory": str(dataset.class_info[i].get("source") or "object")}
+        for i in range(1, dataset.num_classes)
+    ]
+    cat_ids = [c["id"] for c in categories]
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for image_id in ids:
+        masks, class_ids = dataset.load_mask(int(image_id))
+        h, w = int(masks.shape[0]), int(masks.shape[1])
+        if masks.ndim != 3 or len(class_ids) != masks.shape[2]:
+            raise DataError(f"{dataset.image_reference(image_id)}: load_mask returned masks {tuple(masks.shape)} and "
+                            f"{len(class_ids)} class ids; return [H, W, N] masks with N class ids")
+        images.append({"id": int(image_id), "file_name": _file_name(dataset, int(image_id), relative_to),
+                       "width": w, "height": h})
+        for mask, cid in zip(np.moveaxis(masks, 2, 0), class_ids):
+            annotations.append(_annotation(len(annotations) + 1, int(image_id), int(cid), mask, crowd=False))
+        for mask, cid in _ignore_regions(dataset, int(image_id), h, w):
+            for c in ([cid] if cid > 0 else cat_ids):
+                annotations.append(_annotation(len(annotations) + 1, int(image_id), int(c), mask, crowd=True))
+    return {
+        "info": {"description": f"converted by maskrcnn from {type(dataset).__name__}"},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+
+
+def write_coco(dataset: Dataset, path: str | os.PathLike[str], image_ids: Iterable[int] | None = None) -> dict[str, Any]:
+    """Write ``dataset_to_coco(dataset)`` to ``path`` atomically (a temporary file, then rename).
+
+    ``file_name`` entries are relative to the JSON's folder for images inside it, absolute
+    otherwise. Returns the dict.
+    """
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise DataError(f"{path}: folder {path.parent} does not exist; create it or choose another --out")
+    coco = dataset_to_coco(dataset, image_ids, relative_to=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(coco, fh)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write ({exc.strerror or exc}); check the folder's permissions and free space") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return coco
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _annotation(ann_id: int, image_id: int, class_id: int, mask: np.ndarray, *, crowd: bool) -> dict[str, Any]:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    x, y, bw, bh = (float(v) for v in mask_utils.toBbox(rle))
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": class_id,
+        "segmentation": {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")},
+        "area": float(mask_utils.area(rle)),
+        "bbox": [x, y, bw, bh],
+        "iscrowd": int(crowd),
+    }
+
+
+def _ignore_regions(dataset: Dataset, image_id: int, h: int, w: int) -> list[tuple[np.ndarray, int]]:
+    """``[(mask [H, W] bool, internal class id or 0 for every class)]`` of an image's ignore regions."""
+    loader = getattr(dataset, "load_ignore_instances", None)
+    if loader is not None:
+        masks, cids = loader(image_id)
+        regions = [(masks[:, :, i], int(cids[i])) for i in range(masks.shape[2])]
+    else:
+        ignore = dataset.load_ignore_mask(image_id)
+        regions = [] if ignore is None else [(np.asarray(ignore, dtype=bool), 0)]
+    for mask, _ in regions:
+        if mask.shape != (h, w):
+            raise DataError(f"{dataset.image_reference(image_id)}: ignore mask is {mask.shape} but the masks are {(h, w)}; "
+                            "return an [H, W] ignore mask of the image's size")
+    return [(m, c) for m, c in regions if m.any()]
+
+
+def _file_name(dataset: Dataset, image_id: int, relative_to: str | os.PathLike[str] | None) -> str:
+    path = dataset.image_info[image_id].get("path")
+    if not path:
+        return dataset.image_reference(image_id)
+    if relative_to is not None:
+        absolute, base = Path(path).resolve(), Path(relative_to).resolve()
+        if absolute.is_relative_to(base):
+            return absolute.relative_to(base).as_posix()
+        return absolute.as_posix()
+    return Path(path).as_posix()
