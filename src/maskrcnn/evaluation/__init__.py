@@ -12,6 +12,7 @@ from .dsb import dsb_image_score, dsb_score, remove_overlaps, rle_decode, rle_en
 from .evaluator import Evaluator
 from .plots import plot_confusion_matrix, plot_pr_curves
 from .report import format_table, write_report
+from .run import evaluate_model
 from .voc import compute_ap, compute_map
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "dsb_image_score",
     "dsb_score",
     "evaluate_coco",
+    "evaluate_model",
     "format_table",
     "plot_confusion_matrix",
     "plot_pr_curves",
