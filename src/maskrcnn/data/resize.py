@@ -1,0 +1,294 @@
+"""Image resizing for training and inference: torchvision's ``minmax`` and Matterport's modes.
+
+Every mode returns the resized image and a :class:`ResizeInfo` that records the geometry
+(original size, scale, window of real pixels, padding, crop). The same geometry is applied to
+masks with :meth:`ResizeInfo.resize_masks`, and boxes / masks in the output are mapped back to the
+original image with :meth:`ResizeInfo.boxes_to_original` / :meth:`ResizeInfo.masks_to_original`.
+
+Modes (``Config.image_resize_mode``):
+
+* ``minmax`` (torchvision): ``scale = min(min_dim / short, max_dim / long)``; output sides are
+  ``int(side * scale)`` (truncation), bilinear with ``align_corners=False`` and torch's
+  ``recompute_scale_factor=True`` semantics (the kernel uses ``in / out`` per axis). Bit-identical
+  to ``GeneralizedRCNNTransform``'s resize. No padding here: batches are padded to
+  ``size_divisibility`` later.
+* ``none``: untouched.
+* ``square``: ``scale = max(1, min_dim / short)``, raised to ``min_scale``; if
+  ``round(long * scale) > max_dim`` then ``scale = max_dim / long``. Resized to
+  ``round(side * scale)`` and zero-padded, centred, to ``max_dim x max_dim``.
+* ``pad64``: scale as above (up only, no max_dim cap), then zero-padded, centred, to the next
+  multiple of 64 per side.
+* ``crop``: scale as above, then a random ``min_dim x min_dim`` crop (training only).
+
+Image interpolation is bilinear (``align_corners=False``, no antialias) on float images. **Masks**
+are resized by :func:`resample_masks`: the same bilinear interpolation on 0/1 floats, then
+``>= 0.5``. A resized mask pixel is therefore on exactly when the resized image of the mask's
+indicator is ``>= 0.5`` at that pixel: masks stay on the image content. It is used everywhere in
+the data pipeline (resize, scale jitter, mini-masks, the latter antialiased when shrinking).
+
+Coordinates: boxes are ``(x1, y1, x2, y2)`` float pixels with exclusive-edge x2/y2 (pixel ``c``
+covers ``[c, c + 1)``); windows and crops are Matterport's ``(y1, x1, y2, x2)`` /
+``(y, x, h, w)`` integer pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "RESIZE_MODES",
+    "ResizeInfo",
+    "resize_image",
+    "resample_masks",
+    "resample_image",
+    "compute_scale",
+]
+
+RESIZE_MODES = ("minmax", "none", "square", "pad64", "crop")
+
+MaskT = TypeVar("MaskT", np.ndarray, torch.Tensor)
+
+#: Largest float buffer (bytes) used at once when resampling a stack of masks.
+_MASK_CHUNK_BYTES = 64 * 2**20
+
+
+def resample_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (``align_corners=False``, no antialias) of a float ``[C, H, W]`` image.
+
+    Identical to ``F.interpolate(scale_factor=s, recompute_scale_factor=True)`` when
+    ``size = (int(H * s), int(W * s))``. Returns the input itself when the size is unchanged.
+    """
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def resample_masks(masks: MaskT, size: tuple[int, int], antialias: bool = False) -> MaskT:
+    """Resize binary masks ``[N, H, W]`` to ``[N, *size]`` uint8 (0/1); numpy in, numpy out.
+
+    Bilinear (``align_corners=False``, as :func:`resample_image`) on 0/1 floats, then ``>= 0.5``.
+    ``antialias=True`` averages over the covered area when shrinking (used for mini-masks).
+    Processed in chunks so that no more than ~64 MB of floats exist at once.
+    """
+    is_numpy = isinstance(masks, np.ndarray)
+    t = torch.from_numpy(np.ascontiguousarray(masks)) if is_numpy else masks
+    n, h, w = t.shape
+    oh, ow = int(size[0]), int(size[1])
+    if (h, w) == (oh, ow):
+        out = (t != 0).to(torch.uint8)
+    elif n == 0:
+        out = torch.zeros((0, oh, ow), dtype=torch.uint8)
+    else:
+        antialias = antialias and (oh < h or ow < w)
+        chunk = max(1, _MASK_CHUNK_BYTES // (4 * max(h * w, oh * ow)))
+        parts = []
+        for i in range(0, n, chunk):
+            part = (t[i:i + chunk] != 0).to(torch.float32)[:, None]
+            part = F.interpolate(part, size=(oh, ow), mode="bilinear", align_corners=False, antialias=antialias)
+            parts.append((part[:, 0] >= 0.5).to(torch.uint8))
+        out = torch.cat(parts)
+    return out.numpy() if is_numpy else out
+
+
+def compute_scale(
+    height: int,
+    width: int,
+    mode: str,
+    min_dim: int,
+    max_dim: int,
+    min_scale: float = 0.0,
+    jitter: float = 1.0,
+) -> tuple[float, tuple[int, int]]:
+    """The scale factor and the scaled size ``(h, w)`` (before padding or cropping) of a mode.
+
+    ``jitter`` multiplies the mode's scale (training scale augmentation); the mode's limits
+    still hold afterwards (square: the long side fits ``max_dim``; crop: the short side is at
+    least ``min_dim`` so that the crop fits).
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {mode!r}; use one of {', '.join(RESIZE_MODES)}")
+    short, long = min(height, width), max(height, width)
+    if mode == "minmax":
+        scale = min(min_dim / short, max_dim / long) * jitter
+        return scale, (int(height * scale), int(width * scale))
+    if mode == "none":
+        scale = float(jitter)
+    else:
+        scale = max(1.0, min_dim / short) if min_dim else 1.0
+        if min_scale and scale < min_scale:
+            scale = float(min_scale)
+        scale *= jitter
+        if mode == "square" and max_dim and round(long * scale) > max_dim:
+            scale = max_dim / long
+        if mode == "crop" and round(short * scale) < min_dim:
+            scale = min_dim / short
+    if scale == 1.0:
+        return 1.0, (height, width)
+    return scale, (max(1, round(height * scale)), max(1, round(width * scale)))
+
+
+@dataclass(frozen=True)
+class ResizeInfo:
+    """Geometry of one resize: original ``(H, W)`` -> scaled ``(h, w)`` -> padded/cropped output.
+
+    Attributes:
+        mode: the resize mode.
+        original_size: ``(H, W)`` of the input image.
+        scale: the nominal scale factor (Matterport's ``scale``); the exact per-axis factors are
+            :attr:`scale_yx` (sizes are rounded or truncated).
+        scaled_size: ``(h, w)`` after scaling, before padding or cropping.
+        image_size: ``(H', W')`` of the output image.
+        window: ``(y1, x1, y2, x2)`` of the real (non-padding) pixels in the output.
+        padding: ``((top, bottom), (left, right))`` zero padding added after scaling.
+        crop: ``(y, x, h, w)`` taken from the scaled image (``crop`` mode), else ``None``.
+    """
+
+    mode: str
+    original_size: tuple[int, int]
+    scale: float
+    scaled_size: tuple[int, int]
+    image_size: tuple[int, int]
+    window: tuple[int, int, int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]
+    crop: tuple[int, int, int, int] | None = None
+
+    # ------------------------------------------------------------------ derived geometry
+    @property
+    def scale_yx(self) -> tuple[float, float]:
+        """Exact per-axis factors ``(scaled_h / H, scaled_w / W)``."""
+        return (self.scaled_size[0] / self.original_size[0], self.scaled_size[1] / self.original_size[1])
+
+    @property
+    def offset_yx(self) -> tuple[int, int]:
+        """Output pixel = scaled pixel + offset (``padding`` minus ``crop`` origin)."""
+        cy, cx = (self.crop[0], self.crop[1]) if self.crop else (0, 0)
+        return self.padding[0][0] - cy, self.padding[1][0] - cx
+
+    # ------------------------------------------------------------------ boxes
+    def boxes_to_resized(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Map ``[N, 4]`` xyxy boxes from the original image into the output image (float32)."""
+        b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+        sy, sx = self.scale_yx
+        oy, ox = self.offset_yx
+        out = b * np.array([sx, sy, sx, sy]) + np.array([ox, oy, ox, oy])
+        return out.astype(np.float32)
+
+    def boxes_to_original(self, boxes_xyxy: np.ndarray, clip: bool = True) -> np.ndarray:
+        """Map ``[N, 4]`` xyxy boxes from the output image back to the original (float32).
+
+        ``x_orig = (x - offset_x) / scale_x``; with ``clip`` the result is clamped to
+        ``[0, W] x [0, H]`` of the original image.
+        """
+        b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+        sy, sx = self.scale_yx
+        oy, ox = self.offset_yx
+        out = (b - np.array([ox, oy, ox, oy])) / np.array([sx, sy, sx, sy])
+        if clip:
+            h, w = self.original_size
+            out = np.clip(out, 0, np.array([w, h, w, h], dtype=np.float64))
+        return out.astype(np.float32)
+
+    # ------------------------------------------------------------------ images and masks
+    def apply_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Apply this geometry to another float ``[C, H, W]`` image of the original size."""
+        if tuple(image.shape[-2:]) != self.original_size:
+            raise ValueError(f"image is {tuple(image.shape[-2:])}, this resize is for {self.original_size}")
+        return self._place(resample_image(image, self.scaled_size))
+
+    def resize_masks(self, masks: MaskT) -> MaskT:
+        """Apply this geometry to masks ``[N, H, W]`` of the original size -> ``[N, H', W']`` uint8.
+
+        numpy in, numpy out; tensor in, tensor out. Resampling by :func:`resample_masks`.
+        """
+        if tuple(masks.shape[-2:]) != self.original_size:
+            raise ValueError(f"masks are {tuple(masks.shape[-2:])}, this resize is for {self.original_size}")
+        is_numpy = isinstance(masks, np.ndarray)
+        t = resample_masks(torch.from_numpy(np.ascontiguousarray(masks)) if is_numpy else masks, self.scaled_size)
+        out = self._place(t)
+        return out.numpy() if is_numpy else out
+
+    def masks_to_original(self, masks: MaskT) -> MaskT:
+        """Map masks ``[N, H', W']`` in the output image back to ``[N, H, W]`` uint8.
+
+        The window is cut out (or, for ``crop``, the output is put back at its place in a zero
+        scaled image) and resampled to the original size by :func:`resample_masks`.
+        """
+        is_numpy = isinstance(masks, np.ndarray)
+        t = torch.from_numpy(np.ascontiguousarray(masks)) if is_numpy else masks
+        n = t.shape[0]
+        sh, sw = self.scaled_size
+        oy, ox = self.offset_yx
+        scaled = torch.zeros((n, sh, sw), dtype=torch.uint8)
+        # scaled pixel (r, c) is output pixel (r + oy, c + ox); copy the overlap.
+        r0, c0 = max(0, -oy), max(0, -ox)
+        r1, c1 = min(sh, self.image_size[0] - oy), min(sw, self.image_size[1] - ox)
+        if r1 > r0 and c1 > c0:
+            scaled[:, r0:r1, c0:c1] = (t[:, r0 + oy:r1 + oy, c0 + ox:c1 + ox] != 0).to(torch.uint8)
+        out = resample_masks(scaled, self.original_size)
+        return out.numpy() if is_numpy else out
+
+    def _place(self, t: torch.Tensor) -> torch.Tensor:
+        """Pad or crop a scaled ``[..., h, w]`` tensor into the output frame."""
+        if self.crop is not None:
+            y, x, h, w = self.crop
+            return t[..., y:y + h, x:x + w].contiguous()
+        (top, bottom), (left, right) = self.padding
+        if top or bottom or left or right:
+            return F.pad(t, (left, right, top, bottom))
+        return t
+
+
+def resize_image(
+    image: torch.Tensor,
+    mode: str,
+    min_dim: int,
+    max_dim: int,
+    min_scale: float = 0.0,
+    *,
+    jitter: float = 1.0,
+    rng: np.random.Generator | None = None,
+) -> tuple[torch.Tensor, ResizeInfo]:
+    """Resize a float ``[C, H, W]`` image per ``mode``; returns ``(image [C, H', W'], ResizeInfo)``.
+
+    Args:
+        image: float tensor ``[C, H, W]`` (values are interpolated as they are, e.g. ``[0, 1]``).
+        mode: one of :data:`RESIZE_MODES` (see the module docstring for their exact semantics).
+        min_dim, max_dim, min_scale: ``Config.image_min_dim``, ``image_max_dim``, ``image_min_scale``.
+        jitter: training scale augmentation, multiplies the mode's scale (1.0 = none).
+        rng: source of the random crop position; required for ``crop``.
+    """
+    if not torch.is_floating_point(image) or image.dim() != 3:
+        raise ValueError(f"resize_image expects a float [C, H, W] tensor, got {image.dtype} {tuple(image.shape)}")
+    h, w = int(image.shape[1]), int(image.shape[2])
+    scale, (sh, sw) = compute_scale(h, w, mode, min_dim, max_dim, min_scale, jitter)
+    padding = ((0, 0), (0, 0))
+    crop = None
+    out_size = (sh, sw)
+    if mode == "square":
+        top, left = (max_dim - sh) // 2, (max_dim - sw) // 2
+        padding = ((top, max_dim - sh - top), (left, max_dim - sw - left))
+        out_size = (max_dim, max_dim)
+    elif mode == "pad64":
+        ph, pw = math.ceil(sh / 64) * 64, math.ceil(sw / 64) * 64
+        top, left = (ph - sh) // 2, (pw - sw) // 2
+        padding = ((top, ph - sh - top), (left, pw - sw - left))
+        out_size = (ph, pw)
+    elif mode == "crop":
+        if rng is None:
+            raise ValueError("resize mode 'crop' needs rng (a numpy Generator) for the crop position")
+        y = int(rng.integers(0, sh - min_dim + 1))
+        x = int(rng.integers(0, sw - min_dim + 1))
+        crop = (y, x, min_dim, min_dim)
+        out_size = (min_dim, min_dim)
+    if crop is not None:
+        window = (0, 0, min_dim, min_dim)
+    else:
+        window = (padding[0][0], padding[1][0], padding[0][0] + sh, padding[1][0] + sw)
+    info = ResizeInfo(mode, (h, w), float(scale), (sh, sw), out_size, window, padding, crop)
+    return info._place(resample_image(image, (sh, sw))), info
