@@ -162,20 +162,18 @@ class RoIHeads(nn.Module):
 
         Full-size masks are cropped to the union of their RoIs (plus a margin) before the float cast,
         so memory grows with the object sizes, not ``G x H x W``. Mini-masks (``target["mini_masks"]``
-        ``[G, mh, mw]`` cropped to the GT boxes) are sampled in box-relative coordinates.
+        ``[G, mh, mw]`` cropped to the GT boxes, see :mod:`maskrcnn.data.minimask`) are sampled in
+        box-relative coordinates at the points torchvision's full-mask targets use.
         """
         if rois.shape[0] == 0:
             return rois.new_zeros((0, size, size))
         if "mini_masks" in target:
+            from ..data.minimask import mini_mask_rois, pad_mini_masks
+
             mini = target["mini_masks"]
-            mh, mw = mini.shape[-2:]
-            gt = target["boxes"].to(rois.dtype)[matched]
-            sx = mw / (gt[:, 2] - gt[:, 0]).clamp(min=1e-6)
-            sy = mh / (gt[:, 3] - gt[:, 1]).clamp(min=1e-6)
-            local = torch.stack([(rois[:, 0] - gt[:, 0]) * sx, (rois[:, 1] - gt[:, 1]) * sy,
-                                 (rois[:, 2] - gt[:, 0]) * sx, (rois[:, 3] - gt[:, 1]) * sy], 1)
-            r = torch.cat([matched[:, None].to(rois.dtype), local], 1)
-            return roi_align(mini[:, None].to(rois.dtype), r, (size, size), 1.0, aligned=False)[:, 0]
+            local = mini_mask_rois(rois, target["boxes"][matched], tuple(mini.shape[-2:]), half_pixel_shift=True, border=1)
+            r = torch.cat([matched[:, None].to(rois.dtype), local.to(rois.dtype)], 1)
+            return roi_align(pad_mini_masks(mini, 1)[:, None].to(rois.dtype), r, (size, size), 1.0, aligned=True)[:, 0]
         masks = target["masks"]
         h, w = masks.shape[-2:]
         uniq, inv = torch.unique(matched, return_inverse=True)
