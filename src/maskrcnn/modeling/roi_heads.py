@@ -89,7 +89,24 @@ class MaskPredictor(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.mask_fcn_logits(F.relu(self.conv5_mask(x)))
+        return self.mask_fcn_logits(F.relu(self.upsample(x)))
+
+    def upsample(self, x: Tensor) -> Tensor:
+        """The 2x2 stride-2 transposed conv. Its output cells do not overlap, so at inference it is one
+        matmul ``[R*h*w, C] @ [C, C'*4]`` and a pixel shuffle (mkldnn's transposed conv is slow on CPU)."""
+        if self.training or torch.is_grad_enabled():
+            return self.conv5_mask(x)
+        n, c, h, w = x.shape
+        wt = self.conv5_mask.weight  # [C, C', 2, 2]
+        y = x.permute(0, 2, 3, 1).reshape(-1, c) @ wt.reshape(c, -1)
+        y = y.view(n, h, w, wt.shape[1], 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(n, wt.shape[1], 2 * h, 2 * w)
+        return y + self.conv5_mask.bias[:, None, None]
+
+    def forward_selected(self, x: Tensor, labels: Tensor) -> Tensor:
+        """Logits ``[R, 2S, 2S]`` of one class per RoI (``labels [R]``): the 1x1 conv for that class only."""
+        y = F.relu(self.upsample(x))
+        wl = self.mask_fcn_logits.weight[labels, :, 0, 0]  # [R, C']
+        return torch.einsum("rchw,rc->rhw", y, wl) + self.mask_fcn_logits.bias[labels][:, None, None]
 
 
 class RoIHeads(nn.Module):
@@ -253,9 +270,9 @@ class RoIHeads(nn.Module):
             boxes, scores, labels = boxes[keep], scores[keep], c_idx[keep]
             keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
-        mask_logits = self.mask_predictor(self.mask_head(self.mask_pool(features, [r["boxes"] for r in results])))
         labels = torch.cat([r["labels"] for r in results])
-        sel = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels].float().sigmoid()
+        mask_feats = self.mask_head(self.mask_pool(features, [r["boxes"] for r in results]))
+        sel = self.mask_predictor.forward_selected(mask_feats, labels).float().sigmoid()
         for r, mp in zip(results, sel.split([len(r["labels"]) for r in results])):
             r["mask_probs"] = mp
         return results
