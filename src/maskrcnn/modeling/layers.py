@@ -34,10 +34,15 @@ class FrozenBatchNorm2d(nn.Module):
         return scale, self.bias - self.running_mean * scale
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.is_grad_enabled() and not x.requires_grad and x.is_contiguous():
-            # inference: same arithmetic, in place on the conv output (no second full-size buffer)
+        if not x.requires_grad and x.is_contiguous():
+            # no autograd graph (inference, or a frozen stage in training): the same arithmetic, in place
+            # on the conv output it always follows, so no second full-size buffer is allocated
             scale, bias = self.scale_and_bias()
             return x.mul_(scale.reshape(1, -1, 1, 1)).add_(bias.reshape(1, -1, 1, 1))
+        if torch.is_grad_enabled():
+            # training: one fused op (one output buffer instead of two)
+            scale, bias = self.scale_and_bias()
+            return torch.addcmul(bias.reshape(1, -1, 1, 1), x, scale.reshape(1, -1, 1, 1))
         w = self.weight.reshape(1, -1, 1, 1)
         b = self.bias.reshape(1, -1, 1, 1)
         rv = self.running_var.reshape(1, -1, 1, 1)

@@ -76,14 +76,16 @@ class MaskRCNN(nn.Module):
 
     @torch.no_grad()
     def detect_tensors(self, images: list[Tensor], original_sizes: list[tuple[int, int]],
-                       resize: bool = True) -> list[dict[str, Tensor]]:
+                       resize: bool = True, score_threshold: float | None = None) -> list[dict[str, Tensor]]:
         """Detect on ``[C, H, W]`` images in [0, 1]. With ``resize`` the model applies the minmax resize
         and maps boxes back to ``original_sizes``; without, images are used as given (already resized
-        by :func:`maskrcnn.data.pipeline.prepare_for_inference`) and boxes stay in their coordinates."""
+        by :func:`maskrcnn.data.pipeline.prepare_for_inference`) and boxes stay in their coordinates.
+        ``score_threshold`` drops detections below it before the mask head runs (masks are only
+        computed for what is returned; the rest is unchanged)."""
         batch, sizes = self.preprocess(images, resize=resize)
         feats = self.backbone(batch)
         proposals, _ = self.rpn(feats, tuple(batch.shape[-2:]), sizes)
-        results, _ = self.roi_heads(feats, proposals, sizes)
+        results = self.roi_heads.detect(feats, proposals, sizes, score_threshold=score_threshold)
         if resize:
             for r, s, o in zip(results, sizes, original_sizes):
                 r["boxes"] = rescale_boxes(r["boxes"], s, o)

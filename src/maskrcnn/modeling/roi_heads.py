@@ -245,8 +245,8 @@ class RoIHeads(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def detect(self, features: list[Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
-               ) -> list[dict[str, Tensor]]:
+    def detect(self, features: list[Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
+               score_threshold: float | None = None) -> list[dict[str, Tensor]]:
         """Per image ``boxes [N, 4]`` (resized-image pixels), ``labels [N]``, ``scores [N]``,
         ``mask_probs [N, M, M]`` (the predicted class's sigmoid)."""
         box_feats = self.box_head(self.box_pool(features, proposals))
@@ -269,6 +269,8 @@ class RoIHeads(nn.Module):
             keep = torch.where(((boxes[:, 2] - boxes[:, 0]) >= 1e-2) & ((boxes[:, 3] - boxes[:, 1]) >= 1e-2))[0]
             boxes, scores, labels = boxes[keep], scores[keep], c_idx[keep]
             keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            if score_threshold is not None:
+                keep = keep[scores[keep] >= score_threshold]
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         labels = torch.cat([r["labels"] for r in results])
         mask_feats = self.mask_head(self.mask_pool(features, [r["boxes"] for r in results]))
