@@ -40,6 +40,9 @@ class Oracle(Predictor):
     def __init__(self, dataset: Squares, drop: bool) -> None:  # no model needed
         self.dataset, self.drop, self.calls = dataset, drop, 0
 
+    def to_array(self, image, name="image"):
+        return image
+
     def detect(self, images, *, batch_size=4, score_threshold=None, mask_threshold=None):
         out = []
         for _ in images:
@@ -80,3 +83,25 @@ def test_evaluate_cli_missing_data_is_one_line(tmp_path, capsys):
     code = main(["evaluate", "--weights", "coco", "--data", str(tmp_path / "nope.json"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "nope.json" in err[0]
+
+
+def test_unreadable_image_is_skipped_and_reported():
+    from maskrcnn.errors import DataError
+
+    class Broken(Squares):
+        def load_image(self, image_id):
+            if image_id == 1:
+                raise DataError("img1.png: truncated file; re-export or remove it")
+            return super().load_image(image_id)
+
+    class Seq(Oracle):
+        def detect(self, images, **kw):  # the oracle must skip image 1's ground truth too
+            out = super().detect(images, **kw)
+            if self.calls == 2:
+                self.calls = 3
+            return out
+
+    ds = Broken()
+    report = evaluate_model(Seq(ds, drop=False), ds, batch_size=1)
+    assert report["skipped_images"] == [{"image": "toy:1", "error": "img1.png: truncated file; re-export or remove it"}]
+    assert report["coco"]["segm"]["AR100"] == pytest.approx(2 / 3)

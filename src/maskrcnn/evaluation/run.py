@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..data.dataset import Dataset
+from ..errors import DataError
 from .evaluator import Evaluator
 
 __all__ = ["evaluate_model"]
@@ -23,7 +24,8 @@ def evaluate_model(model: Any, dataset: Dataset, *, batch_size: int = 2, score_t
     ``model`` is a :class:`~maskrcnn.inference.predictor.Predictor` or a
     :class:`~maskrcnn.modeling.MaskRCNN` (left in eval mode; the caller restores train mode).
     The model's class ids are the dataset's internal ids (as when it was trained on it).
-    Images are read, detected and scored one batch at a time; only RLEs are kept.
+    Images are read, detected and scored one batch at a time; only RLEs are kept. An unreadable
+    image is reported in ``report["skipped_images"]`` and counts as an image without predictions.
     """
     from ..data.convert import dataset_to_coco
     from ..inference.predictor import Predictor
@@ -37,9 +39,19 @@ def evaluate_model(model: Any, dataset: Dataset, *, batch_size: int = 2, score_t
         from tqdm import tqdm
 
         it = tqdm(it, unit="batch", desc="evaluate")
+    skipped: list[dict[str, str]] = []
     for start in it:
-        chunk = ids[start:start + batch_size]
-        images = [dataset.load_image(i) for i in chunk]
+        chunk, images = [], []
+        for i in ids[start:start + batch_size]:
+            try:
+                images.append(predictor.to_array(dataset.load_image(i), dataset.image_reference(i)))
+                chunk.append(i)
+            except DataError as exc:  # report and skip: the image scores as "no predictions"
+                skipped.append({"image": dataset.image_reference(i), "error": str(exc)})
+        if not images:
+            continue
         for image_id, det in zip(chunk, predictor.detect(images, batch_size=batch_size)):
             evaluator.add_arrays(image_id, det.boxes, det.scores, det.class_ids, det.masks)
-    return evaluator.evaluate()
+    report = evaluator.evaluate()
+    report["skipped_images"] = skipped
+    return report
