@@ -25,7 +25,7 @@ class Squares(Dataset):
         self.prepare()
 
     def load_image(self, image_id: int) -> np.ndarray:
-        return np.zeros((40, 50, 3), np.uint8)
+        return np.full((40, 50, 3), image_id, np.uint8)  # the oracle reads the id back
 
     def load_mask(self, image_id: int):
         m = np.zeros((40, 50, 2), bool)
@@ -38,16 +38,15 @@ class Oracle(Predictor):
     """Returns the ground truth as detections, optionally without the bar of image 2."""
 
     def __init__(self, dataset: Squares, drop: bool) -> None:  # no model needed
-        self.dataset, self.drop, self.calls = dataset, drop, 0
+        self.dataset, self.drop = dataset, drop
 
     def to_array(self, image, name="image"):
         return image
 
     def detect(self, images, *, batch_size=4, score_threshold=None, mask_threshold=None):
         out = []
-        for _ in images:
-            i = self.calls
-            self.calls += 1
+        for image in images:
+            i = int(image[0, 0, 0])
             m, c = self.dataset.load_mask(i)
             masks = m.transpose(2, 0, 1)
             if self.drop and i == 2:
@@ -94,14 +93,7 @@ def test_unreadable_image_is_skipped_and_reported():
                 raise DataError("img1.png: truncated file; re-export or remove it")
             return super().load_image(image_id)
 
-    class Seq(Oracle):
-        def detect(self, images, **kw):  # the oracle must skip image 1's ground truth too
-            out = super().detect(images, **kw)
-            if self.calls == 2:
-                self.calls = 3
-            return out
-
     ds = Broken()
-    report = evaluate_model(Seq(ds, drop=False), ds, batch_size=1)
+    report = evaluate_model(Oracle(ds, drop=False), ds, batch_size=2)
     assert report["skipped_images"] == [{"image": "toy:1", "error": "img1.png: truncated file; re-export or remove it"}]
     assert report["coco"]["segm"]["AR100"] == pytest.approx(2 / 3)
