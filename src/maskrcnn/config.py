@@ -153,7 +153,7 @@ class Config(BaseModel):
     aug_hflip: float = _f(0.5, "Probability of a horizontal flip.", "probability")
     aug_vflip: float = _f(0.0, "Probability of a vertical flip.", "probability")
     aug_rot90: float = _f(0.0, "Probability of a random 90/180/270 degree rotation.", "probability")
-    aug_scale_jitter: list[float] | None = _f(None, "Random rescale range [lo, hi] before resizing; None disables.")
+    aug_scale_jitter: list[float] | None = _f(None, "Random factor range [lo, hi] multiplied into the resize scale; None disables.")
     aug_crop: list[int] | None = _f(None, "Random crop height, width applied after resizing; None disables.", "px")
     aug_brightness: float = _f(0.0, "Max relative brightness change.")
     aug_contrast: float = _f(0.0, "Max relative contrast change.")
