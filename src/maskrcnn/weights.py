@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import shutil
@@ -121,15 +122,16 @@ def download(url: str, file: str, *, progress: bool = True) -> Path:
                             bar.update(len(chunk))
                     if bar is not None:
                         bar.close()
-            except (urllib.error.URLError, OSError, TimeoutError) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise WeightsError(f"cannot download {url} ({reason}); offline? put the file at {target}") from None
+            except (urllib.error.URLError, OSError, TimeoutError, ValueError, http.client.HTTPException) as exc:
+                reason = " ".join(str(getattr(exc, "reason", exc)).split()) or type(exc).__name__
+                raise WeightsError(f"cannot download {url} ({reason}); offline? download it elsewhere and "
+                                   f"put the file at {target}") from None
         prefix = _expected_prefix(file)
         if prefix is not None:
             digest = _sha256(tmp)
             if not digest.startswith(prefix):
-                raise WeightsError(f"{url}: SHA-256 {digest[:12]}... does not start with {prefix}; "
-                                   f"the download is corrupt, delete {target} and retry")
+                raise WeightsError(f"{url}: SHA-256 {digest[:12]}... does not start with {prefix} (corrupt or "
+                                   f"truncated download, nothing was kept); retry, or put a good copy at {target}")
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -285,7 +287,8 @@ def load_into(model: nn.Module, sd: dict[str, Tensor], *, source: str, reinit_cl
                                        "with maskrcnn train, which re-initialises the class layers)")
                 dropped.append(k)
                 del sd[k]
-            elif k == "backbone.body.conv1.weight" and sd[k].shape[1] == 3:
+            elif (k == "backbone.body.conv1.weight" and sd[k].shape[1] == 3
+                  and sd[k].shape[0] == own[k].shape[0] and sd[k].shape[2:] == own[k].shape[2:]):
                 log(f"{source}: adapting conv1 from 3 to {own[k].shape[1]} input channels (RGB filter means)")
                 sd[k] = adapt_conv1(sd[k], own[k].shape[1])
             else:
@@ -340,18 +343,36 @@ def save_checkpoint(model: nn.Module, config: Config, path: str | Path, extra_me
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {_META_KEY: config.to_yaml(), "format": "maskrcnn/1"}
     meta.update(extra_meta or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(state, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            save_file(state, str(tmp), metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
         return path
-    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent if path.parent.exists() else None, prefix=path.name + "."))
-    save_file(state, str(tmp_dir / "model.safetensors"), metadata=meta)
-    config.to_yaml(tmp_dir / "config.yaml")
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp_dir, path)
+    # folder form: write a sibling temp folder, then swap it in (the old folder is moved aside first,
+    # because a folder cannot be renamed over a non-empty one)
+    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp"))
+    old: Path | None = None
+    try:
+        save_file(state, str(tmp_dir / "model.safetensors"), metadata=meta)
+        config.to_yaml(tmp_dir / "config.yaml")
+        if path.is_dir():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".", suffix=".old"))
+            os.replace(path, old / "ckpt")
+        os.replace(tmp_dir, path)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        if old is not None:
+            if not path.exists() and (old / "ckpt").exists():
+                os.replace(old / "ckpt", path)  # put the previous checkpoint back
+            shutil.rmtree(old, ignore_errors=True)
     return path
 
 

@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--score", type=float, default=0.5, help="minimum score of written detections (default 0.5)")
     p.add_argument("--config", help="config YAML (default: the checkpoint's)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=2, help="images per forward pass (only images of one size are batched)")
     p.add_argument("--fast", action="store_true", help="fast mode (BN folded, bf16 where safe)")
     p.add_argument("--no-overlays", action="store_true", help="write only the JSON")
     return p
@@ -49,12 +49,15 @@ def _atomic_json(obj: object, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
     from tqdm import tqdm
 
     from ..data.images import read_image
     from ..inference.predictor import load
     from ..inference.visualize import overlay
 
+    if args.batch_size < 1:
+        raise MaskRCNNError(f"--batch-size {args.batch_size}: must be >= 1")
     files = collect_images(args.inputs)
     predictor = load(args.weights, config=args.config, device=args.device, fast=args.fast or None)
     out = Path(args.out)
@@ -63,6 +66,31 @@ def run(args: argparse.Namespace) -> int:
     images: list[dict] = []
     skipped: list[tuple[Path, str]] = []
     names_used: set[str] = set()
+    batch: list[tuple[int, Path, np.ndarray]] = []
+
+    def flush() -> None:
+        # only images of one size share a batch: padding a batch to its largest image changes the
+        # others' detections, so results never depend on --batch-size or on the file order
+        if not batch:
+            return
+        dets = predictor.detect([a for _, _, a in batch], batch_size=len(batch), score_threshold=args.score)
+        for (image_id, path, arr), det in zip(batch, dets):
+            det.file_name = str(path)
+            images.append({"id": image_id, "file_name": str(path), "height": det.image_size[0],
+                           "width": det.image_size[1]})
+            results.extend(det.to_coco(image_id))
+            if not args.no_overlays:
+                stem = path.stem
+                name = stem
+                k = 1
+                while name in names_used:
+                    k += 1
+                    name = f"{stem}_{k}"
+                names_used.add(name)
+                overlay(arr, det).save(out / f"{name}.png")
+            bar.set_postfix(dets=len(det))
+        batch.clear()
+
     bar = tqdm(files, unit="img", desc="detect")
     for image_id, path in enumerate(bar, start=1):
         try:
@@ -71,22 +99,14 @@ def run(args: argparse.Namespace) -> int:
             skipped.append((path, str(exc)))
             bar.write(f"skipped {path}: {exc}")
             continue
-        det = predictor.detect(arr, score_threshold=args.score)[0]
-        det.file_name = str(path)
-        images.append({"id": image_id, "file_name": str(path), "height": det.image_size[0], "width": det.image_size[1]})
-        results.extend(det.to_coco(image_id))
-        if not args.no_overlays:
-            stem = path.stem
-            name = stem
-            k = 1
-            while name in names_used:
-                k += 1
-                name = f"{stem}_{k}"
-            names_used.add(name)
-            overlay(arr, det).save(out / f"{name}.png")
-        bar.set_postfix(dets=len(det))
+        if batch and batch[0][2].shape[:2] != arr.shape[:2]:
+            flush()
+        batch.append((image_id, path, arr))
+        if len(batch) >= args.batch_size:
+            flush()
+    flush()
     _atomic_json(results, out / "detections.json")
-    _atomic_json({"images": images, "categories": [{"id": i, "name": n} for i, n in enumerate(predictor.class_names) if i > 0]},
+    _atomic_json({"images": images, "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(predictor.class_names) if i > 0]},
                  out / "images.json")
     print(f"{len(images)} images, {len(results)} detections (score >= {args.score}) -> {out / 'detections.json'}"
           + (f"; skipped {len(skipped)} unreadable: {', '.join(str(p) for p, _ in skipped[:5])}" if skipped else ""))

@@ -106,6 +106,13 @@ class Predictor:
     def __init__(self, model: MaskRCNN, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        if model.config.fast:
+            import copy
+
+            from ..modeling.fuse import fold_batchnorm
+
+            self.model = copy.deepcopy(self.model)
+            fold_batchnorm(self.model)
         self.config: Config = model.config
         c = self.config
         self.class_names = list(c.class_names) if c.class_names else ["BG"] + [str(i) for i in range(1, c.num_classes)]
@@ -129,6 +136,8 @@ class Predictor:
             arr = read_image(image)
         elif isinstance(image, Tensor):
             t = image.detach().cpu()
+            if t.is_floating_point() and t.dtype != torch.float64:
+                t = t.float()  # float16/bfloat16 have no (or no exact) numpy counterpart
             if t.dim() == 2:
                 t = t[None]
             if t.dim() != 3:
@@ -139,10 +148,17 @@ class Predictor:
         elif hasattr(image, "mode") and hasattr(image, "size"):  # PIL image
             from PIL import ImageOps
 
+            from ..data.images import _PIL_TO_RGB, _finish
+
+            # the same conversions as reading the file from disk (read_image), so a path and its
+            # opened PIL image give the same array: palette/CMYK/YCbCr... -> RGB, 1-bit -> L,
+            # 32-bit integer "I" -> uint16
             im = ImageOps.exif_transpose(image)
-            if im.mode == "P":
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            arr = np.asarray(im)
+            if im.mode in _PIL_TO_RGB:
+                im = im.convert("RGB")
+            elif im.mode == "1":
+                im = im.convert("L")
+            arr = _finish(np.asarray(im), name)
         else:
             raise DataError(f"{name}: unsupported input type {type(image).__name__}; pass a path, PIL image, "
                             "numpy array or tensor")
@@ -176,7 +192,9 @@ class Predictor:
         ``score_threshold`` drops detections below it (the model itself keeps scores above
         ``config.detection_min_confidence``).
         """
-        if not isinstance(images, (list, tuple)):
+        if isinstance(images, Tensor) and images.dim() == 4:
+            images = list(images)  # a [B, C, H, W] batch
+        elif not isinstance(images, (list, tuple)):
             images = [images]
         return list(self.detect_iter(images, batch_size=batch_size, score_threshold=score_threshold,
                                      mask_threshold=mask_threshold))
@@ -204,14 +222,15 @@ class Predictor:
         sizes = [(a.shape[0], a.shape[1]) for a, _ in batch]
         if c.image_resize_mode == "minmax":
             tensors = [to_float_tensor(a).to(self.device) for a, _ in batch]
-            raw = self.model.detect_tensors(tensors, sizes)
+            raw = self.model.detect_tensors(tensors, sizes, score_threshold=score_threshold)
         else:
             from ..data.pipeline import prepare_for_inference
 
             cfg = c if c.image_resize_mode != "crop" else c.model_copy(update={"image_resize_mode": "pad64"})
             prepared = [prepare_for_inference(a, cfg) for a, _ in batch]
             tensors = [t.to(self.device) for t, _ in prepared]
-            raw = self.model.detect_tensors(tensors, [tuple(t.shape[-2:]) for t in tensors], resize=False)
+            raw = self.model.detect_tensors(tensors, [tuple(t.shape[-2:]) for t in tensors], resize=False,
+                                            score_threshold=score_threshold)
             for r, (_, info) in zip(raw, prepared):
                 r["boxes"] = torch.as_tensor(info.boxes_to_original(r["boxes"].cpu().numpy()), device=self.device)
         out = []

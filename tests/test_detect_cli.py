@@ -1,0 +1,149 @@
+"""``maskrcnn detect IMAGES_OR_DIRS --weights W --out DIR``: overlays, COCO results JSON, skipped
+files and one-line errors (exit 2), run through ``maskrcnn.cli.main`` on tiny PNGs and a tiny
+checkpoint saved with ``save_checkpoint``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import maskrcnn
+from maskrcnn import Config
+from maskrcnn.cli import main
+from maskrcnn.modeling import build_model
+from maskrcnn.weights import save_checkpoint
+
+skimage_data = pytest.importorskip("skimage.data")
+
+
+def tiny(**kw) -> Config:
+    values = dict(backbone="resnet18", backbone_width=8, fpn_channels=16, box_head_dim=32, mask_head_channels=16,
+                  num_classes=3, class_names=["BG", "cell", "debris"], image_min_dim=64, image_max_dim=96,
+                  pre_nms_limit_inference=300, post_nms_rois_inference=60, detection_max_instances=6)
+    values.update(kw)
+    return Config(**values)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A folder of PNGs (one in a subfolder with a repeated name, one corrupt) and a tiny checkpoint."""
+    root = tmp_path_factory.mktemp("detect")
+    torch.manual_seed(0)
+    model = build_model(tiny())
+    with torch.no_grad():
+        # an untrained model made to detect: confident class 1/2 scores (about 0.99, over --score 0.5
+        # for most), masks covering part of each box; boxes and masks still follow the image content
+        model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([-6.0, 4.0, 3.5]))
+        model.roi_heads.mask_predictor.mask_fcn_logits.bias.add_(5.0)
+    ck = save_checkpoint(model, model.config, root / "tiny.safetensors")
+    imgs = root / "imgs"
+    (imgs / "sub").mkdir(parents=True)
+    photos = {
+        imgs / "astronaut.png": np.array(Image.fromarray(skimage_data.astronaut()).resize((80, 64))),
+        imgs / "coffee.png": np.array(Image.fromarray(skimage_data.coffee()).resize((90, 60))),
+        imgs / "sub" / "astronaut.png": np.array(Image.fromarray(skimage_data.chelsea()).resize((70, 56))),
+    }
+    for path, arr in photos.items():
+        Image.fromarray(arr).save(path)
+    (imgs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # a truncated PNG
+    (imgs / "notes.txt").write_text("not an image")
+    return root, ck, imgs, photos
+
+
+def test_detect_writes_overlays_and_coco_json(workspace, tmp_path, capsys):
+    root, ck, imgs, photos = workspace
+    out = tmp_path / "out"
+    rc = main(["detect", str(imgs), "--weights", str(ck), "--out", str(out), "--score", "0.5", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert "broken.png" in captured.out + captured.err and "Traceback" not in captured.err
+    assert "3 images" in captured.out and "skipped 1" in captured.out
+    # one overlay per readable image (the repeated name gets a suffix), at the image's size
+    assert sorted(p.name for p in out.glob("*.png")) == ["astronaut.png", "astronaut_2.png", "coffee.png"]
+
+    from pycocotools.coco import COCO
+
+    gt = COCO(str(out / "images.json"))
+    assert sorted(gt.getImgIds()) == [1, 3, 4]  # ids follow the sorted file list; broken.png (2) was skipped
+    by_id = {i["id"]: i for i in json.loads((out / "images.json").read_text())["images"]}
+    assert [c["name"] for c in gt.loadCats(gt.getCatIds())] == ["cell", "debris"]
+    dt = gt.loadRes(str(out / "detections.json"))
+    results = json.loads((out / "detections.json").read_text())
+    assert len(dt.getAnnIds()) == len(results) > 0
+    assert all(r["score"] >= 0.5 for r in results)
+
+    # the same detections as the Python API with the same threshold
+    predictor = maskrcnn.load(ck, device="cpu")
+    for image_id, info in by_id.items():
+        path = Path(info["file_name"])
+        assert path in photos and (info["height"], info["width"]) == photos[path].shape[:2]
+        det = predictor.detect(path, score_threshold=0.5)[0]
+        mine = [r for r in results if r["image_id"] == image_id]
+        assert all(r["file_name"] == str(path) for r in mine)
+        assert len(mine) == len(det) > 0
+        np.testing.assert_allclose([r["bbox"] for r in mine],
+                                   np.c_[det.boxes[:, :2], det.boxes[:, 2:] - det.boxes[:, :2]], atol=1e-4)
+        assert [r["category_id"] for r in mine] == det.class_ids.tolist()
+        for ann_id, mask in zip(dt.getAnnIds(imgIds=[image_id]), det.masks):  # RLE decodes to the masks
+            assert np.array_equal(dt.annToMask(dt.anns[ann_id]), mask)
+        # the overlay: same size as the image, changed on the detected masks
+        name = "astronaut_2.png" if path.parent.name == "sub" else path.name
+        over = np.asarray(Image.open(out / name).convert("RGB")).astype(int)
+        assert over.shape == photos[path].shape
+        union = det.masks.any(axis=0)
+        changed = (over != photos[path]).any(axis=2)
+        assert union.sum() > 0 and changed[union].mean() > 0.9
+    assert {r["image_id"] for r in results} <= set(by_id)
+
+
+def test_batch_size_does_not_change_results(workspace, tmp_path, capsys):
+    root, ck, imgs, photos = workspace
+    outs = []
+    for bs in ("1", "3"):
+        out = tmp_path / f"out{bs}"
+        assert main(["detect", str(imgs / "coffee.png"), str(imgs / "coffee.png"), str(imgs / "astronaut.png"),
+                     "--weights", str(ck), "--out", str(out), "--batch-size", bs, "--no-overlays", "--device", "cpu"]) == 0
+        assert not list(out.glob("*.png"))
+        outs.append(json.loads((out / "detections.json").read_text()))
+    a, b = outs
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert (x["image_id"], x["category_id"], x["file_name"]) == (y["image_id"], y["category_id"], y["file_name"])
+        np.testing.assert_allclose(x["bbox"], y["bbox"], atol=1e-3)
+    capsys.readouterr()
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_missing_input(workspace, tmp_path, capsys):
+    root, ck, imgs, _ = workspace
+    missing = tmp_path / "nope"
+    assert main(["detect", str(imgs), str(missing), "--weights", str(ck), "--out", str(tmp_path / "o")]) == 2
+    assert str(missing) in _one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_weights(workspace, tmp_path, capsys):
+    root, ck, imgs, _ = workspace
+    missing = tmp_path / "model.pth"
+    assert main(["detect", str(imgs), "--weights", str(missing), "--out", str(tmp_path / "o")]) == 2
+    err = _one_line_error(capsys)
+    assert str(missing) in err and "not found" in err
+
+
+def test_checkpoint_for_other_class_count(workspace, tmp_path, capsys):
+    root, ck, imgs, _ = workspace
+    cfg = tmp_path / "five.yaml"
+    tiny(num_classes=5, class_names=None).to_yaml(cfg)
+    assert main(["detect", str(imgs), "--weights", str(ck), "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    err = _one_line_error(capsys)
+    assert "num_classes=3" in err and "5" in err and "num_classes: 3" in err
