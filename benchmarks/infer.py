@@ -91,6 +91,44 @@ def compare(tv_out: list[dict[str, torch.Tensor]], ours: list[Any]) -> dict[str,
             "detections": detections, "equal": labels_equal and box_diff <= 1e-4 and mask_diff == 0}
 
 
+SCORE = 0.5
+
+
+def compare_fast(exact: list[Any], fast: list[Any]) -> dict[str, Any]:
+    """Fast mode against exact mode above ``SCORE``: each exact detection matched to the fast one of the
+    same class with the highest box IoU; mean box and mask IoU over exact detections (unmatched count 0)."""
+    from torchvision.ops import box_iou
+
+    n_exact = n_fast = matched = 0
+    box_ious: list[float] = []
+    mask_ious: list[float] = []
+    for e, f in zip(exact, fast):
+        ke = e.scores >= SCORE
+        kf = f.scores >= SCORE
+        eb, fb = torch.as_tensor(e.boxes[ke]), torch.as_tensor(f.boxes[kf])
+        el, fl = e.class_ids[ke], f.class_ids[kf]
+        em, fm = e.masks[ke], f.masks[kf]
+        n_exact += len(eb)
+        n_fast += len(fb)
+        iou = box_iou(eb, fb) if len(eb) and len(fb) else torch.zeros(len(eb), len(fb))
+        for i in range(len(eb)):
+            same = torch.as_tensor(fl == el[i])
+            cand = torch.where(same, iou[i], torch.zeros_like(iou[i])) if len(fb) else iou[i]
+            if len(fb) == 0 or cand.max() <= 0:
+                box_ious.append(0.0)
+                mask_ious.append(0.0)
+                continue
+            j = int(cand.argmax())
+            matched += 1
+            box_ious.append(float(cand[j]))
+            inter = np.logical_and(em[i], fm[j]).sum()
+            union = np.logical_or(em[i], fm[j]).sum()
+            mask_ious.append(float(inter / union) if union else 1.0)
+    return {"exact": n_exact, "fast": n_fast, "matched": matched,
+            "mean_box_iou": float(np.mean(box_ious)) if box_ious else 1.0,
+            "mean_mask_iou": float(np.mean(mask_ious)) if mask_ious else 1.0}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -127,9 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             tv.transform.min_size = (size,)
             ours = maskrcnn.load(pth, device=device, image_min_dim=size)
+            fast = maskrcnn.load(pth, device=device, image_min_dim=size, fast=True)
             assert ours.config.frozen_bn_eps == 0.0 and ours.config.image_max_dim == tv.transform.max_size
             images = photos(size, max(args.batches))
-            timers = {"torchvision": Timer(tv.backbone, device), "ours": Timer(ours.model.backbone, device)}
+            timers = {"torchvision": Timer(tv.backbone, device), "ours": Timer(ours.model.backbone, device),
+                      "ours-fast@0.5": Timer(fast.model.backbone, device)}
+            timers["ours@0.5"] = timers["ours"]  # same module: one hook, taken after each run
             for batch_size in args.batches:
                 batch = images[:batch_size]
                 with torch.no_grad():
@@ -137,9 +178,13 @@ def main(argv: list[str] | None = None) -> int:
                 shape = tuple(padded.shape)
                 del padded
                 flops = {"ours": count_flops(ours.model.backbone, shape), "torchvision": count_flops(tv.backbone, shape)}
+                flops["ours@0.5"] = flops["ours"]
+                flops["ours-fast@0.5"] = count_flops(fast.model.backbone, shape)
                 runs = {
                     "torchvision": lambda b=batch: tv(to_tensors(b, device)),
                     "ours": lambda b=batch, n=batch_size: ours.detect(b, batch_size=n),
+                    "ours@0.5": lambda b=batch, n=batch_size: ours.detect(b, batch_size=n, score_threshold=SCORE),
+                    "ours-fast@0.5": lambda b=batch, n=batch_size: fast.detect(b, batch_size=n, score_threshold=SCORE),
                 }
                 with torch.no_grad():
                     for name, fn in runs.items():
@@ -164,10 +209,11 @@ def main(argv: list[str] | None = None) -> int:
                                 first[name] = out
                             del out
                 check = compare(first["torchvision"], first["ours"])
+                check["fast_vs_exact"] = compare_fast(first["ours"], first["ours-fast@0.5"])
                 del first
                 check.update(size=size, batch=batch_size)
                 checks.append(check)
-                for name in ("torchvision", "ours"):
+                for name in runs:
                     s = stats[name]
                     lat = median(s["t"])
                     dense = median(s["dense"])
@@ -179,14 +225,16 @@ def main(argv: list[str] | None = None) -> int:
                         "dense_pct_of_peak": 100 * flops[name] / dense / 1e9 / peak_gflops if dense > 0 else None,
                         "repeats": len(s["t"]),
                     })
-                tv_row, our_row = rows[-2], rows[-1]
-                our_row["latency_ratio"] = our_row["latency_s"] / tv_row["latency_s"]
-                our_row["memory_ratio"] = (our_row["peak_mem_mb"] / tv_row["peak_mem_mb"]) if tv_row["peak_mem_mb"] else None
+                tv_row = rows[-len(runs)]
+                for our_row in rows[-len(runs) + 1:]:
+                    our_row["latency_ratio"] = our_row["latency_s"] / tv_row["latency_s"]
+                    our_row["memory_ratio"] = (our_row["peak_mem_mb"] / tv_row["peak_mem_mb"]) if tv_row["peak_mem_mb"] else None
                 print(f"size {size} batch {batch_size}: torchvision {tv_row['latency_s']:.3f} s, ours "
-                      f"{our_row['latency_s']:.3f} s, equal={check['equal']}", file=sys.stderr, flush=True)
-            for t in timers.values():
+                      f"{rows[-len(runs) + 1]['latency_s']:.3f} s, equal={check['equal']}, fast vs exact "
+                      f"{check['fast_vs_exact']}", file=sys.stderr, flush=True)
+            for t in {id(t): t for t in timers.values()}.values():
                 t.remove()
-            del ours
+            del ours, fast
 
     columns = [("size", "short side", "d"), ("batch", "batch", "d"), ("model", "model", "s"), ("input", "net input", "s"),
                ("latency_s", "median s", ".3f"), ("images_per_s", "img/s", ".2f"), ("peak_mem_mb", "peak MB", ".0f"),
@@ -201,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"outputs size {c['size']} batch {c['batch']}: {c['detections']} detections, labels equal "
               f"{c['labels_equal']}, max box diff {c['max_box_diff']:.2e}, mask pixels differing "
               f"{c['mask_pixels_differing']} -> {'EQUAL' if c['equal'] else 'DIFFERENT'}")
+        f = c["fast_vs_exact"]
+        print(f"  fast vs exact, detections with score >= {SCORE}: {f['exact']} exact, {f['fast']} fast, "
+              f"{f['matched']} matched, mean box IoU {f['mean_box_iou']:.4f}, mean mask IoU {f['mean_mask_iou']:.4f}")
     result = {"benchmark": "infer", "machine": machine_info(device, args.threads), "matmul_peak_gflops": peak_gflops,
               "memory_method": memory.method, "repeats": args.repeats, "warmup": args.warmup, "quick": args.quick,
               "rows": rows, "checks": checks, "outputs_equal": all_equal}
