@@ -147,3 +147,37 @@ def test_checkpoint_for_other_class_count(workspace, tmp_path, capsys):
     assert main(["detect", str(imgs), "--weights", str(ck), "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
     err = _one_line_error(capsys)
     assert "num_classes=3" in err and "5" in err and "num_classes: 3" in err
+
+
+def test_jsonl_streaming_matches_json(workspace, tmp_path, capsys):
+    """--jsonl writes the same detections as the JSON path, one line per detection."""
+    _, ck, imgs, _ = workspace
+    one = imgs / "astronaut.png"
+    assert main(["detect", str(one), "--weights", str(ck), "--out", str(tmp_path / "a"), "--device", "cpu",
+                 "--no-overlays"]) == 0
+    assert main(["detect", str(one), "--weights", str(ck), "--out", str(tmp_path / "b"), "--device", "cpu",
+                 "--jsonl"]) == 0
+    ref = json.loads((tmp_path / "a" / "detections.json").read_text())
+    lines = [json.loads(x) for x in (tmp_path / "b" / "detections.jsonl").read_text().splitlines() if x.strip()]
+    assert len(ref) > 0 and len(lines) == len(ref)
+    assert [d["segmentation"]["counts"] for d in lines] == [d["segmentation"]["counts"] for d in ref]
+
+
+def test_tile_flag_equals_untiled_when_one_tile_covers_the_image(workspace, tmp_path, capsys):
+    _, ck, imgs, _ = workspace
+    one = imgs / "astronaut.png"
+    h, w = np.asarray(Image.open(one)).shape[:2]
+    assert main(["detect", str(one), "--weights", str(ck), "--out", str(tmp_path / "a"), "--device", "cpu",
+                 "--no-overlays"]) == 0
+    assert main(["detect", str(one), "--weights", str(ck), "--out", str(tmp_path / "t"), "--device", "cpu",
+                 "--tile", str(max(h, w)), "--tile-overlap", "8"]) == 0
+    ref = json.loads((tmp_path / "a" / "detections.json").read_text())
+    tiled = json.loads((tmp_path / "t" / "detections.json").read_text())
+    assert len(ref) > 0 and len(tiled) == len(ref)
+    assert sorted(round(d["score"], 5) for d in tiled) == sorted(round(d["score"], 5) for d in ref)
+
+
+def test_tile_overlap_not_smaller_than_tile_is_an_error(workspace, tmp_path, capsys):
+    _, ck, imgs, _ = workspace
+    assert main(["detect", str(imgs), "--weights", str(ck), "--out", str(tmp_path / "o"), "--tile", "64"]) == 2
+    assert "--tile-overlap 128" in _one_line_error(capsys)

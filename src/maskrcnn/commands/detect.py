@@ -23,6 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=2, help="images per forward pass (only images of one size are batched)")
     p.add_argument("--fast", action="store_true", help="fast mode (BN folded, bf16 where safe)")
     p.add_argument("--no-overlays", action="store_true", help="write only the JSON")
+    p.add_argument("--tile", type=int, metavar="PX", help="detect on overlapping PX x PX tiles and merge instances "
+                   "across borders (images larger than the model input; no overlays)")
+    p.add_argument("--tile-overlap", type=int, default=128, metavar="PX", help="least overlap of neighbouring tiles (default 128)")
+    p.add_argument("--jsonl", action="store_true", help="stream results to OUT/detections.jsonl + images.jsonl image by "
+                   "image (bounded memory, no overlays)")
     return p
 
 
@@ -58,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise MaskRCNNError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.tile is not None and not 0 <= args.tile_overlap < args.tile:
+        raise MaskRCNNError(f"--tile-overlap {args.tile_overlap}: must be >= 0 and smaller than --tile {args.tile}")
     files = collect_images(args.inputs)
     predictor = load(args.weights, config=args.config, device=args.device, fast=args.fast or None)
     out = Path(args.out)
@@ -67,6 +74,14 @@ def run(args: argparse.Namespace) -> int:
     skipped: list[tuple[Path, str]] = []
     names_used: set[str] = set()
     batch: list[tuple[int, Path, np.ndarray]] = []
+    if args.jsonl:
+        from ..inference.streaming import detect_to_jsonl
+
+        summary = detect_to_jsonl(predictor, files, out / "detections.jsonl", images_out=out / "images.jsonl",
+                                  batch_size=args.batch_size, score_threshold=args.score, skip_errors=True)
+        print(f"{summary.images} images, {summary.detections} detections -> {out / 'detections.jsonl'}"
+              + (f"; skipped {summary.skipped} unreadable" if summary.skipped else ""))
+        return 0
 
     def flush() -> None:
         # only images of one size share a batch: padding a batch to its largest image changes the
@@ -91,8 +106,23 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(dets=len(det))
         batch.clear()
 
-    bar = tqdm(files, unit="img", desc="detect")
+    bar = tqdm(files, unit="img", desc="detect (tiled)" if args.tile else "detect")
     for image_id, path in enumerate(bar, start=1):
+        if args.tile:
+            from ..inference.tiling import detect_tiled
+
+            try:
+                tiled = detect_tiled(predictor, path, tile_size=args.tile, overlap=args.tile_overlap,
+                                     batch_size=args.batch_size, score_threshold=args.score)
+            except MaskRCNNError as exc:
+                skipped.append((path, str(exc)))
+                bar.write(f"skipped {path}: {exc}")
+                continue
+            tiled.file_name = str(path)
+            images.append({"id": image_id, "file_name": str(path), "height": tiled.image_size[0],
+                           "width": tiled.image_size[1]})
+            results.extend(tiled.to_coco(image_id))
+            continue
         try:
             arr = predictor.to_array(read_image(path), str(path))
         except MaskRCNNError as exc:

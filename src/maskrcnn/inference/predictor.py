@@ -199,6 +199,20 @@ class Predictor:
         return list(self.detect_iter(images, batch_size=batch_size, score_threshold=score_threshold,
                                      mask_threshold=mask_threshold))
 
+    def stream(self, source: Any, **kw: Any) -> Iterator[tuple[str, Detections]]:
+        """Lazy ``(name, Detections)`` over a folder, video or iterable with bounded memory;
+        see :func:`maskrcnn.inference.streaming.stream_detect`."""
+        from .streaming import stream_detect
+
+        return stream_detect(self, source, **kw)
+
+    def detect_tiled(self, image: Any, **kw: Any) -> Any:
+        """Detect on an image larger than the model input by overlapping tiles, merging instances cut
+        by tile borders; see :func:`maskrcnn.inference.tiling.detect_tiled`."""
+        from .tiling import detect_tiled
+
+        return detect_tiled(self, image, **kw)
+
     def detect_iter(self, images: Iterable[ImageInput], *, batch_size: int = 4, score_threshold: float | None = None,
                     mask_threshold: float | None = None) -> Iterator[Detections]:
         """Like :meth:`detect` but lazy: images are read and results yielded batch by batch (bounded memory)."""

@@ -94,8 +94,9 @@ class TileSource:
     """
 
     def __init__(self, array: Any = None, pil: Any = None, kind: str = "array", name: str = "image",
-                 normalise: bool = False) -> None:
+                 normalise: bool = False, owned: bool = False) -> None:
         self.array, self.pil, self.kind, self.name, self._normalise = array, pil, kind, name, normalise
+        self._owned = owned  # a PIL image this module opened (closed by close()), not the caller's
         if pil is not None:
             self.width, self.height = pil.size
             bands = len(pil.getbands()) if pil.mode not in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV") else 3
@@ -119,7 +120,7 @@ class TileSource:
         return _finish(np.asarray(tile), self.name) if self._normalise else tile
 
     def close(self) -> None:
-        if self.pil is not None:
+        if self.pil is not None and self._owned:
             self.pil.close()
         self.array = self.pil = None
 
@@ -192,7 +193,7 @@ def _open_path(path: Path) -> TileSource:
                 im = Image.open(path)
                 if _pil_orientation(im) == 1:
                     im.load()  # decode once; tiles are crops of PIL's buffer
-                    return TileSource(pil=im, kind="pil", name=name)
+                    return TileSource(pil=im, kind="pil", name=name, owned=True)
                 im.close()
         except Exception:  # let read_image report the problem in its words
             pass
@@ -411,7 +412,7 @@ def detect_tiled(predictor: "Predictor", image: Any, *, tile_size: int = 1024, o
     finally:
         if own:
             src.close()
-    keep = _merge(inst, tiles, tile_size, overlap, height, width, merge_iou, merge_iom, class_agnostic)
+    keep = _merge(inst, tiles, merge_iou, merge_iom, class_agnostic)
     return _finish_results(keep, predictor, (height, width), name, tiles)
 
 
@@ -482,8 +483,8 @@ def _area_in(crop: np.ndarray, ext: tuple[int, int, int, int], rect: tuple[int, 
     return int(crop[y0 - ext[1]: y1 - ext[1], x0 - ext[0]: x1 - ext[0]].sum())
 
 
-def _merge(inst: _Instances, tiles: list[tuple[int, int, int, int]], tile_size: int, overlap: int, height: int,
-           width: int, merge_iou: float, merge_iom: float | None, class_agnostic: bool) -> list[dict]:
+def _merge(inst: _Instances, tiles: list[tuple[int, int, int, int]], merge_iou: float, merge_iom: float | None,
+           class_agnostic: bool) -> list[dict]:
     """Group matching instances of overlapping tiles; one merged instance per group."""
     n = len(inst.scores)
     parent = list(range(n))
