@@ -8,6 +8,7 @@ as bool (or float for parity checks): no full-size float image per detection.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -36,7 +37,12 @@ def paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int],
     n = mask_probs.shape[0]
     h, w = image_size
     dtype = torch.float32 if threshold is None else torch.bool
-    out = torch.zeros((n, h, w), dtype=dtype, device=mask_probs.device)
+    if mask_probs.device.type == "cpu":
+        # calloc'd memory: the OS supplies zero pages lazily, so only the pages inside the boxes are
+        # touched and the cost grows with the box areas, not with N x H x W
+        out = torch.from_numpy(np.zeros((n, h, w), dtype=np.float32 if threshold is None else np.bool_))
+    else:
+        out = torch.zeros((n, h, w), dtype=dtype, device=mask_probs.device)
     if n == 0:
         return out
     m = mask_probs.shape[-1]
