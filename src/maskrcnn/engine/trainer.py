@@ -48,6 +48,7 @@ from .loader import (
     move_to_device,
     unpack_batch,
 )
+from .oom import MicroBatchSplit, run_with_oom_fallback, split_batch
 from .logging import RunLogger, format_class_counts, format_duration, plot_loss_curves
 from .optim import build_optimizer, scaled_learning_rate, select_trainable, set_train_mode
 from .rundir import new_run_dir, resolve_resume
@@ -144,6 +145,7 @@ class Trainer:
         self.skipped = 0
         self.history: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
+        self._split = MicroBatchSplit()  # images per forward pass after an out-of-memory error (engine/oom.py)
 
     # ================================================================== public
     def fit(self) -> TrainResult:
@@ -508,42 +510,17 @@ class Trainer:
         """One optimizer step over ``micro`` loader batches; returns whether a stop was requested."""
         c, dev = self.config, self.device
         t0 = time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=True)
         weights = torch.tensor([c.loss_weights[k] for k in LOSS_TERMS], device=dev)
-        step_sum = torch.zeros(len(LOSS_TERMS) + 1)
-        n_images, stop = 0, False
         lr = self.optimizer.param_groups[0]["lr"]
-        for m in range(micro):
-            batch = unpack_batch(next(it))
-            self._note_skipped(batch.skipped, epoch)
-            scale = 1.0
-            if not batch.images:
-                if not du.is_distributed() or self._last_batch is None:
-                    continue  # nothing to learn from; in DDP a batch must still join the gradient all-reduce
-                batch, scale = self._last_batch, 0.0
-            elif du.is_distributed():
-                self._last_batch = batch
-            batch = move_to_device(batch, dev)
-            sync = self.model.no_sync() if (du.is_distributed() and m < micro - 1) else contextlib.nullcontext()
-            with sync:
-                with self._autocast():
-                    losses = self.model(batch.images, batch.targets)
-                missing = [k for k in LOSS_TERMS if k not in losses]
-                if missing:
-                    raise MaskRCNNError(f"the model returned no {missing[0]!r} loss; it must return {', '.join(LOSS_TERMS)}")
-                terms = torch.stack([losses[k].float() for k in LOSS_TERMS])
-                total = (terms * weights).sum()
-                flag = torch.tensor([1.0 if self._stop.requested else 0.0], device=dev)
-                reduced = du.all_reduce_mean(torch.cat([terms.detach(), total.detach().view(1), flag])).cpu()
-                values = {k: reduced[i] for i, k in enumerate(LOSS_TERMS)}
-                values["total loss"] = reduced[len(LOSS_TERMS)]
-                if find_nonfinite(values) is not None:
-                    check_losses(values, self.global_step, epoch + 1, lr, self._total_batch(), self._amp_name(),
-                                 self._last_ckpt_name(), image_references(self.train_ds, batch.targets))
-                stop = stop or bool(reduced[-1] > 0)
-                self.scaler.scale(total * (scale / micro)).backward()
-            step_sum += reduced[:-1] * scale
-            n_images += len(batch.images) if scale else 0
+        # --- OOM fallback (engine/oom.py): an out-of-memory error in a forward/backward pass frees memory
+        # and reruns this step's passes on the same batches split into smaller micro-batches (kept for later steps)
+        fetched: list[tuple[Batch, float] | None] = []
+        step_sum, n_images, stop = run_with_oom_fallback(
+            lambda size: self._passes(it, fetched, micro, epoch, weights, lr, size), self._split, c.images_per_gpu,
+            cleanup=lambda: self.optimizer.zero_grad(set_to_none=True),  # partial gradients go before the retry
+            on_split=lambda old, new, err: self._log_split(old, new, err, epoch), device=dev,
+            distributed=du.is_distributed())
+        # --- end OOM fallback
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         max_norm = c.gradient_clip_norm if c.gradient_clip_norm is not None else float("inf")
@@ -558,6 +535,81 @@ class Trainer:
         self.global_step += 1
         self._after_step(step_sum / max(1, micro), lr, grad_norm, n_images, time.perf_counter() - t0, epoch)
         return stop
+
+    # --- OOM fallback (engine/oom.py): the forward/backward passes of one step, and the log line
+    def _fetch(self, it: Iterator, epoch: int) -> tuple[Batch, float] | None:
+        """The next loader batch of the step and its loss scale (None: nothing to learn from)."""
+        batch = unpack_batch(next(it))
+        self._note_skipped(batch.skipped, epoch)
+        scale = 1.0
+        if not batch.images:
+            if not du.is_distributed() or self._last_batch is None:
+                return None  # nothing to learn from; in DDP a batch must still join the gradient all-reduce
+            batch, scale = self._last_batch, 0.0
+        elif du.is_distributed():
+            self._last_batch = batch
+        return batch, scale
+
+    def _passes(self, it: Iterator, fetched: list[tuple[Batch, float] | None], micro: int, epoch: int,
+                weights: torch.Tensor, lr: float, size: int | None) -> tuple[torch.Tensor, int, bool]:
+        """Zero the gradients, then forward and backward every loader batch of the step, each in
+        micro-batches of at most ``size`` images (None: whole batches) whose losses are weighted by
+        their share of the batch. Batches come from ``it`` once and are kept in ``fetched``, so a
+        retry after an out-of-memory error sees the same data."""
+        c, dev = self.config, self.device
+        self.optimizer.zero_grad(set_to_none=True)
+        step_sum = torch.zeros(len(LOSS_TERMS) + 1)
+        n_images, stop = 0, False
+        for m in range(micro):
+            if m == len(fetched):
+                fetched.append(self._fetch(it, epoch))
+            item = fetched[m]
+            if item is None:
+                continue
+            batch, scale = item
+            sync = self.model.no_sync() if (du.is_distributed() and m < micro - 1) else contextlib.nullcontext()
+            with sync:
+                parts = split_batch(batch.images, batch.targets, size)
+                batch_sum = None
+                for images, targets, share in parts:
+                    part = move_to_device(Batch(images, targets, batch.skipped), dev)
+                    with self._autocast():
+                        losses = self.model(part.images, part.targets)
+                    missing = [k for k in LOSS_TERMS if k not in losses]
+                    if missing:
+                        raise MaskRCNNError(f"the model returned no {missing[0]!r} loss; it must return {', '.join(LOSS_TERMS)}")
+                    terms = torch.stack([losses[k].float() for k in LOSS_TERMS])
+                    total = (terms * weights).sum()
+                    flag = torch.tensor([1.0 if self._stop.requested else 0.0], device=dev)
+                    reduced = du.all_reduce_mean(torch.cat([terms.detach(), total.detach().view(1), flag])).cpu()
+                    values = {k: reduced[i] for i, k in enumerate(LOSS_TERMS)}
+                    values["total loss"] = reduced[len(LOSS_TERMS)]
+                    if find_nonfinite(values) is not None:
+                        check_losses(values, self.global_step, epoch + 1, lr, self._total_batch(), self._amp_name(),
+                                     self._last_ckpt_name(), image_references(self.train_ds, part.targets))
+                    stop = stop or bool(reduced[-1] > 0)
+                    if len(parts) == 1:
+                        self.scaler.scale(total * (scale / micro)).backward()
+                        batch_sum = reduced[:-1]
+                    else:
+                        self.scaler.scale(total * (scale / micro * share)).backward()
+                        batch_sum = reduced[:-1] * share if batch_sum is None else batch_sum + reduced[:-1] * share
+                    del losses, terms, total
+            step_sum += batch_sum * scale
+            n_images += len(batch.images) if scale else 0
+        return step_sum, n_images, stop
+
+    def _log_split(self, old: int, new: int, error: str, epoch: int) -> None:
+        c = self.config
+        msg = (f"out of memory at step {self.global_step + 1} (epoch {epoch + 1}) with {old} image(s) per forward pass "
+               f"({error[:120]}); freed memory and retried the step in micro-batches of {new} image(s) "
+               f"(same batch of {c.images_per_gpu} images by gradient accumulation); later steps keep {new} per pass")
+        if self.dist.is_main:
+            self.log.event("oom_split", msg, step=self.global_step + 1, epoch=epoch + 1, images_per_pass=new,
+                           previous_images_per_pass=old)
+        else:
+            print(f"[rank {self.dist.rank}] {msg}", file=sys.stderr)
+    # --- end OOM fallback
 
     def _total_batch(self) -> int:
         c = self.config
