@@ -418,6 +418,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _git_commit() -> str | None:
+    with contextlib.suppress(Exception):
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    return None
+
+
 def machine_info(threads: int) -> dict[str, Any]:
     info: dict[str, Any] = {"threads": threads, "cpu_count": os.cpu_count(), "torch": torch.__version__,
                             "python": platform.python_version(), "cpu": platform.processor() or platform.machine()}
@@ -511,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "minutes_per_model": a.minutes,
         "seed": a.seed,
+        "commit": _git_commit(),
         "machine": machine_info(a.threads),
         "data": {"train_images": len(train_ds.image_ids), "train_instances": train_ds.instance_count(),
                  "val_images": len(val_ds.image_ids), "val_instances": val_ds.instance_count(), "read_s": data_s},
