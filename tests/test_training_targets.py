@@ -40,6 +40,8 @@ def test_mini_mask_targets_close_to_full_masks():
     mini = torch.as_tensor(minimize_masks(masks.numpy(), boxes.numpy(), (56, 56)))
     model = build_model(Config(backbone="resnet18", num_classes=3, use_mini_mask=True))
     ours = model.roi_heads.mask_targets(rois, matched, {"mini_masks": mini, "boxes": boxes}, 28)
+    # the pipeline's contract: with use_mini_mask, target["masks"] holds the mini-masks
+    torch.testing.assert_close(model.roi_heads.mask_targets(rois, matched, {"masks": mini, "boxes": boxes}, 28), ours)
     ref = project_masks_on_boxes(masks, rois, matched, 28)
     iou = ((ours >= 0.5) & (ref >= 0.5)).sum((1, 2)) / ((ours >= 0.5) | (ref >= 0.5)).sum((1, 2))
     assert iou.min() > 0.85, iou
@@ -82,3 +84,23 @@ def test_losses_equal_torchvision_for_same_weights_and_sampling():
     for k, tk in names.items():
         torch.testing.assert_close(got[k], ref[tk], atol=1e-4, rtol=1e-4, msg=k)
     assert all(v > 0 for v in got.values())
+
+
+def test_mini_mask_training_through_the_pipeline_gives_correct_targets():
+    """TrainingDataset with use_mini_mask -> the model's targets equal those from full masks."""
+    from maskrcnn.data.pipeline import TrainingDataset
+    from maskrcnn.data.shapes import ShapesDataset
+
+    ds = ShapesDataset(2, seed=0)
+    cfg = Config(backbone="resnet18", num_classes=4, image_min_dim=128, image_max_dim=128, aug_hflip=0.0)
+    full = TrainingDataset(ds, cfg, train=False)[0][1]
+    mini = TrainingDataset(ds, cfg.replace(use_mini_mask=True, mini_mask_shape=[64, 64]), train=False)[0][1]
+    assert mini["masks"].shape[-2:] == (64, 64)
+    m_full = build_model(cfg).roi_heads
+    m_mini = build_model(cfg.replace(use_mini_mask=True, mini_mask_shape=[64, 64])).roi_heads
+    matched = torch.arange(len(full["boxes"]))
+    rois = full["boxes"] + 1.0
+    a = m_full.mask_targets(rois, matched, full, 28)
+    b = m_mini.mask_targets(rois, matched, mini, 28)
+    iou = ((a >= 0.5) & (b >= 0.5)).sum((1, 2)) / ((a >= 0.5) | (b >= 0.5)).sum((1, 2)).clamp(min=1)
+    assert iou.min() > 0.85, iou

@@ -120,5 +120,6 @@ def build_model(config: Config) -> MaskRCNN:
         fg_iou=c.roi_fg_iou_threshold, batch_size_per_image=c.train_rois_per_image,
         positive_fraction=c.roi_positive_ratio, bbox_weights=c.bbox_weights,
         score_thresh=c.detection_min_confidence, nms_thresh=c.detection_nms_threshold,
-        detections_per_img=c.detection_max_instances, class_weights=c.class_loss_weights)
+        detections_per_img=c.detection_max_instances, class_weights=c.class_loss_weights,
+        mini_masks=c.use_mini_mask)
     return MaskRCNN(c, backbone, rpn, roi_heads)

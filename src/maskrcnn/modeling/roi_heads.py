@@ -114,7 +114,7 @@ class RoIHeads(nn.Module):
                  mask_predictor: MaskPredictor, *, pool_size: int, mask_pool_size: int, sampling_ratio: int,
                  fg_iou: float, batch_size_per_image: int, positive_fraction: float,
                  bbox_weights: tuple[float, float, float, float], score_thresh: float, nms_thresh: float,
-                 detections_per_img: int, class_weights: list[float] | None = None) -> None:
+                 detections_per_img: int, class_weights: list[float] | None = None, mini_masks: bool = False) -> None:
         super().__init__()
         self.box_head = box_head
         self.box_predictor = box_predictor
@@ -129,6 +129,7 @@ class RoIHeads(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
+        self.mini_masks = mini_masks  # targets' "masks" are mini-masks cropped to their boxes (use_mini_mask)
         self.register_buffer("class_weights", None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32),
                              persistent=False)
 
@@ -184,10 +185,10 @@ class RoIHeads(nn.Module):
         """
         if rois.shape[0] == 0:
             return rois.new_zeros((0, size, size))
-        if "mini_masks" in target:
+        if self.mini_masks or "mini_masks" in target:
             from ..data.minimask import mini_mask_rois, pad_mini_masks
 
-            mini = target["mini_masks"]
+            mini = target["mini_masks"] if "mini_masks" in target else target["masks"]
             local = mini_mask_rois(rois, target["boxes"][matched], tuple(mini.shape[-2:]), half_pixel_shift=True, border=1)
             r = torch.cat([matched[:, None].to(rois.dtype), local.to(rois.dtype)], 1)
             return roi_align(pad_mini_masks(mini, 1)[:, None].to(rois.dtype), r, (size, size), 1.0, aligned=True)[:, 0]
