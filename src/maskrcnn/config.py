@@ -128,6 +128,7 @@ class Config(BaseModel):
     layers: str = _f("all", "Trainable layers: heads, 3+, 4+, 5+, all, or a regex over parameter names.")
     learning_rate: float = _f(0.02, "Learning rate for a total batch of base_batch_size; scaled linearly to the real total batch.", "lr")
     base_batch_size: int = _f(16, "Total batch that learning_rate is given for.", "images")
+    optimizer: Literal["sgd", "adamw"] = _f("sgd", "sgd (momentum, torchvision/Matterport) or adamw (betas 0.9, 0.999; learning_rate is AdamW's rate, ~1e-3).")
     momentum: float = _f(0.9, "SGD momentum (Matterport LEARNING_MOMENTUM).")
     weight_decay: float = _f(1e-4, "L2 weight decay on weights (none on norms and biases).")
     lr_schedule: Literal["step", "cosine", "constant"] = _f("step", "Learning rate schedule after warmup.")
@@ -136,6 +137,7 @@ class Config(BaseModel):
     warmup_iters: int = _f(500, "Linear warmup length.", "steps")
     warmup_factor: float = _f(0.001, "Learning rate multiplier at the first warmup step.")
     gradient_clip_norm: float | None = _f(5.0, "Global gradient norm clip (Matterport GRADIENT_CLIP_NORM); None disables.")
+    max_train_minutes: float | None = _f(None, "Wall-clock training budget: the schedule is fitted to the steps that fit and training ends when it is spent; None: all epochs.", "min")
     grad_accumulation: int = _f(1, "Steps whose gradients are summed before an optimizer step.", "steps")
     amp: Literal["none", "bf16", "fp16", "auto"] = _f("none", "Mixed precision: bf16 autocast (CPU or CUDA), fp16 with a grad scaler (CUDA), auto picks.")
     loss_weights: dict[str, float] = _f(
@@ -335,6 +337,8 @@ def _first_error(c: Config) -> str | None:
         return f"class_loss_weights has {len(c.class_loss_weights)} values; give one per class ({c.num_classes}, background first)"
     if c.lr_schedule == "step" and any(not 0 < s < 1 for s in c.lr_steps):
         return "lr_steps: fractions of the run strictly between 0 and 1, e.g. [0.667, 0.917]"
+    if c.max_train_minutes is not None and not c.max_train_minutes > 0:
+        return f"max_train_minutes={c.max_train_minutes}: a positive number of minutes, or null for no time limit"
     if c.images_per_gpu < 1 or c.grad_accumulation < 1 or c.epochs < 1:
         return "images_per_gpu, grad_accumulation and epochs must be >= 1"
     if c.aug_crop is not None and (len(c.aug_crop) != 2 or min(c.aug_crop) < 32):

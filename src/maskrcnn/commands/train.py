@@ -30,6 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--config", "-c", help="YAML config (default with --resume RUN_DIR: the run's config.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set epochs=24 --set learning_rate=0.01 (repeatable)")
+    p.add_argument("--minutes", type=float, default=None, metavar="M",
+                   help="train for M minutes of wall-clock time (the schedule is fitted to the steps that fit; "
+                        "same as --set max_train_minutes=M)")
     p.add_argument("--data", "-d", help="training dataset: annotation file or folder, or shapes[:N] for synthetic data")
     p.add_argument("--val-data", help="validation dataset (same kinds as --data)")
     p.add_argument("--format", "-f", default=None, help="annotation format of --data/--val-data (default: detected)")
@@ -65,7 +68,10 @@ def _resolve_config(args: argparse.Namespace) -> Any:
         config = Config.from_yaml(Path(args.resume) / "config.yaml")
     else:
         raise ConfigError("--config: required (a YAML file; `maskrcnn config` writes one), except with --resume RUN_DIR")
-    return config.with_overrides(args.overrides) if args.overrides else config
+    config = config.with_overrides(args.overrides) if args.overrides else config
+    if getattr(args, "minutes", None) is not None:
+        config = config.with_overrides([f"max_train_minutes={args.minutes}"])
+    return config
 
 
 def _fit_classes(config: Any, dataset: Any, spec: str) -> Any:

@@ -100,6 +100,11 @@ class WarmupScheduler:
         self.next_step += 1
         self._apply()
 
+    def set_schedule(self, schedule: LRSchedule) -> None:
+        """Continue from the current step on another schedule (a time budget re-fits the run length)."""
+        self.schedule = schedule
+        self._apply()
+
     def get_last_lr(self) -> list[float]:
         """Current learning rate of each parameter group."""
         return [g["lr"] for g in self.optimizer.param_groups]

@@ -3,7 +3,9 @@
 One optimizer step = ``grad_accumulation`` loader batches of ``images_per_gpu`` images on every
 process. Per step the trainer autocasts the forward (``Config.amp``), weights the model's five
 unweighted losses with ``Config.loss_weights``, stops on a NaN/Inf loss (:mod:`.guard`),
-clips the gradient norm, steps SGD and the per-step schedule (:mod:`.schedule`).
+clips the gradient norm, steps the optimizer (SGD or AdamW) and the per-step schedule (:mod:`.schedule`).
+With ``Config.max_train_minutes`` the run ends when the time is spent and the schedule is fitted
+to the steps that fit (:mod:`.budget`).
 Each epoch ends with validation (losses; plus mask AP through ``evaluate_fn``) and an atomic
 checkpoint (:mod:`.checkpoint`); Ctrl-C / SIGTERM finish the current step, save a mid-epoch
 checkpoint and stop. ``resume`` restores model, optimizer, schedule, grad scaler, every RNG and
@@ -28,6 +30,7 @@ from torch import nn
 from ..config import Config
 from ..errors import MaskRCNNError
 from . import distributed as du
+from .budget import TimeBudget
 from .checkpoint import (
     CONFIG_KEY,
     CheckpointManager,
@@ -54,7 +57,7 @@ from .optim import build_optimizer, scaled_learning_rate, select_trainable, set_
 from .rundir import new_run_dir, resolve_resume
 from .runtime import StopRequest, determinism, resolve_amp, seed_everything
 from .samplers import TrainingSampler, repeat_factors
-from .schedule import build_scheduler
+from .schedule import LRSchedule, build_scheduler
 
 __all__ = ["LOSS_TERMS", "TrainResult", "Trainer", "train", "EvaluateFn"]
 
@@ -81,6 +84,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
     skipped_samples: int = 0
+    budget_reached: bool = False
+    train_seconds: float = 0.0
 
 
 class Trainer:
@@ -198,6 +203,8 @@ class Trainer:
 
         self._setup_data()
         self.scheduler = build_scheduler(self.optimizer, c, self.total_steps)
+        self.budget = TimeBudget(c.max_train_minutes * 60.0) if c.max_train_minutes else None
+        self._budget_reached = False
         if resume_dir is not None:
             self._restore()
         self.model = du.wrap_model(self.module, self.dist, self.find_unused_parameters)
@@ -282,11 +289,13 @@ class Trainer:
             f"device: {self.device} x {d.world_size} process(es), amp: {amp}, total batch {total_batch} "
             f"= {c.images_per_gpu} images x {d.world_size} x {c.grad_accumulation} accumulation",
             f"learning rate {lr:.4g} ({c.learning_rate:g} for a batch of {c.base_batch_size}), schedule {c.lr_schedule}, "
-            f"{c.epochs} epochs = {self.total_steps} optimizer steps ({self.steps_per_epoch[0]} in the first epoch)",
+            f"{c.epochs} epochs = {self.total_steps} optimizer steps ({self.steps_per_epoch[0]} in the first epoch)"
+            + (f"; time budget {c.max_train_minutes:g} min (the schedule follows the steps that fit)" if self.budget else ""),
+            f"optimizer: {c.optimizer}",
             f"trainable: {n_params:,} parameters in {len(trainable)} tensors (layers={c.layers}, train_bn={c.train_bn})",
             f"training images: {len(self.train_ds)}" + (f", validation images: {len(self.val_ds)}" if self.val_ds is not None else ", no validation set"),
         ]
-        if c.warmup_iters >= self.total_steps:
+        if c.warmup_iters >= self.total_steps and self.budget is None:
             lines.append(f"note: warmup_iters={c.warmup_iters} is not shorter than the run ({self.total_steps} steps); "
                          "the learning rate never reaches its full value (lower warmup_iters)")
         if self.epoch or self.batches_done:
@@ -329,6 +338,7 @@ class Trainer:
             "best": self.best,
             "skipped_samples": self.skipped,
             "history": self.history,
+            "budget": None if self.budget is None else self.budget.state(),
         }
 
     def _save(self, stem: str) -> Path | None:
@@ -392,6 +402,8 @@ class Trainer:
         self.best = state.get("best")
         self.skipped = int(state.get("skipped_samples", 0))
         self.history = list(state.get("history", []))
+        if self.budget is not None:
+            self.budget.resume_from(state.get("budget"))
         self.last_checkpoint = self.ckpt.weights_path(stem)
         old_images = state["world_size"] * state["images_per_gpu"]
         new_images = self.dist.world_size * c.images_per_gpu
@@ -408,24 +420,39 @@ class Trainer:
         interrupted = False
         t0 = time.time()
         self._ema_step_s: float | None = None
+        if self.budget is not None:
+            self.budget.start()
+            if self.budget.exhausted():
+                self.log.info(f"time budget of {c.max_train_minutes:g} min already spent; nothing to train "
+                              "(raise max_train_minutes to continue)")
+                self._budget_reached = True
+                return self._finish(False, 0.0)
         while self.epoch < c.epochs:
             e = self.epoch
             completed = self._train_epoch(e)
-            if not completed:
+            budget_end = self._budget_reached
+            if not completed and not budget_end:  # a signal mid-epoch
                 path = self._save(self.ckpt.step_stem(self.global_step))
                 self.log.event("interrupted", f"{self._stop.signal_name or 'stop'}: saved {path} after step {self.global_step}; "
                                f"continue with: maskrcnn train --resume {self.run_dir}", step=self.global_step)
                 interrupted = True
                 break
-            self.epoch, self.batches_done = e + 1, 0
-            stopping = self._stop.requested
-            if self.val_ds is not None and c.validate_every and not stopping and ((e + 1) % c.validate_every == 0 or e + 1 == c.epochs):
+            if completed:
+                self.epoch, self.batches_done = e + 1, 0
+            signal = self._stop.requested
+            periodic = c.validate_every and ((e + 1) % c.validate_every == 0 or e + 1 == c.epochs)
+            if self.val_ds is not None and c.validate_every and not signal and (periodic or budget_end):
                 record = self._validate(e)
                 self.history.append(record)
                 if self._update_best(record):
                     self._save_best(record)
-            self._save(self.ckpt.epoch_stem(e + 1))
-            if stopping:
+            self._save(self.ckpt.epoch_stem(e + 1) if completed else self.ckpt.step_stem(self.global_step))
+            if budget_end:
+                done = self.epoch + self.batches_done / max(1, self.batches_per_epoch[min(self.epoch, c.epochs - 1)])
+                self.log.event("time_budget", f"time budget of {c.max_train_minutes:g} min reached after step "
+                               f"{self.global_step} ({done:.2f} epochs)", step=self.global_step)
+                break
+            if signal:
                 self.log.event("interrupted", f"{self._stop.signal_name}: stopped after epoch {e + 1}; "
                                f"continue with: maskrcnn train --resume {self.run_dir}", step=self.global_step)
                 interrupted = True
@@ -438,6 +465,8 @@ class Trainer:
             self.log.close_bar()
             png = plot_loss_curves(self.log.metrics_path, self.run_dir / "loss_curves.png")
             msg = f"{'stopped' if interrupted else 'finished'}: {self.epoch} epochs, {self.global_step} steps in {format_duration(seconds)}"
+            if self._budget_reached:
+                msg += f" (time budget of {self.config.max_train_minutes:g} min)"
             if self.skipped:
                 msg += f"; {self.skipped} samples skipped (see metrics.jsonl)"
             self.log.info(msg)
@@ -458,6 +487,8 @@ class Trainer:
             history=list(self.history),
             interrupted=interrupted,
             skipped_samples=self.skipped,
+            budget_reached=self._budget_reached,
+            train_seconds=seconds,
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -533,8 +564,27 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.global_step += 1
-        self._after_step(step_sum / max(1, micro), lr, grad_norm, n_images, time.perf_counter() - t0, epoch)
+        seconds = time.perf_counter() - t0
+        self._after_step(step_sum / max(1, micro), lr, grad_norm, n_images, seconds, epoch)
+        if self.budget is not None:
+            stop = self._budget_step(seconds) or stop
         return stop
+
+    def _budget_step(self, seconds: float) -> bool:
+        """Record a step against the time budget, re-fit the schedule to the steps that still fit;
+        True when the budget is spent. Rank 0 decides for all ranks (the rate must be the same)."""
+        b = self.budget
+        assert b is not None
+        b.step_done(seconds)
+        decision = (b.steps_left(), b.exhausted())
+        if du.is_distributed():
+            decision = du.broadcast_object(decision)  # type: ignore[assignment]
+        left, done = decision
+        total = self.global_step if done else min(self.total_steps, self.global_step + max(1, left))
+        self.scheduler.set_schedule(LRSchedule.from_config(self.config, max(1, total)))
+        if done:
+            self._budget_reached = True
+        return bool(done)
 
     # --- OOM fallback (engine/oom.py): the forward/backward passes of one step, and the log line
     def _fetch(self, it: Iterator, epoch: int) -> tuple[Batch, float] | None:
@@ -628,6 +678,8 @@ class Trainer:
         ema = self._ema_step_s
         self._ema_step_s = seconds if ema is None else 0.9 * ema + 0.1 * seconds
         eta = (self.total_steps - self.global_step) * self._ema_step_s
+        if self.budget is not None:
+            eta = min(eta, self.budget.remaining)
         ips = n_images * self.dist.world_size / max(seconds, 1e-9)
         values = {k: float(means[i]) for i, k in enumerate(LOSS_TERMS)}
         values["loss"] = float(means[len(LOSS_TERMS)])
