@@ -1,31 +1,28 @@
 """Real-data benchmark: Mask R-CNN trained from scratch on nuclei (DSB 2018) within a wall-clock budget.
 
     .venv/bin/python benchmarks/nuclei.py --data ../shared/data/nuclei --minutes 30 \\
-        [--threads 2] [--seed 0] [--json out.json] [--only ours|peer|light] [--light]
+        [--threads 2] [--seed 0] [--json out.json] [--only ours|peer]
 
 Trains, each for ``--minutes`` of wall-clock time, on ``train/`` (128 images, 5,659 nuclei) and
 evaluates on ``val/`` (32 images) with the same metric code (:class:`maskrcnn.evaluation.Evaluator`:
 COCO mask AP / AP50 / AP75, box AP, and the DSB 2018 score on predictions with score >= 0.5):
 
 * ``ours``: this project's model and trainer (:func:`maskrcnn.engine.Trainer`) with the shipped
-  ``nuclei`` preset (``maskrcnn/configs/nuclei.yaml``; ResNet-50), evaluated by
+  ``nuclei`` preset (``maskrcnn/configs/nuclei.yaml``: ResNet-18 at half width, AdamW), evaluated by
   :func:`maskrcnn.evaluation.evaluate_model` (the ``maskrcnn evaluate`` path).
 * ``peer``: torchvision's recipe as its reference scripts run it: ``maskrcnn_resnet50_fpn(weights=None,
-  weights_backbone=None, num_classes=2)`` (BatchNorm trained, as torchvision builds it without
+  weights_backbone=None, num_classes=2)`` with the ResNet depth of ours (:func:`build_peer`) (BatchNorm trained, as torchvision builds it without
   weights), its own transform (min_size 800, max_size 1333), SGD lr 0.02 * batch / 16, momentum
   0.9, weight decay 1e-4 on every parameter, linear warmup from 0.001 over min(1000, iterations
   per epoch - 1) iterations, the 26-epoch schedule's x0.1 steps at epochs 16 and 22 placed at the
   same fractions (16/26, 22/26) of the time budget, horizontal flips, batch 2. Its soft masks are
   thresholded at >= 0.5 and fed to the same :class:`~maskrcnn.evaluation.Evaluator`.
-* ``light`` (``--light`` or ``--only light``): ours with a lighter backbone (:data:`LIGHT`), a
-  separate, clearly labelled row; the same-depth comparison above is the headline.
 
-The budget clock of a model starts before its model is built and stops after the optimizer step
-that ends closest to the budget; evaluation time is reported separately. The engine has no
-wall-clock option, so ``ours`` runs a :class:`BudgetTrainer` (a ``Trainer`` subclass) that after
-every step re-fits the learning-rate schedule's length to the steps the remaining time allows
-(median of the last 20 step times) and requests the trainer's cooperative stop (the flag Ctrl-C
-sets) so that the next step is the last. The peer's loop uses the same rule. Both data sets are
+``ours`` trains with the engine's own wall-clock budget (``Config.max_train_minutes``, what
+``maskrcnn train --minutes M`` sets): after every step the learning-rate schedule is re-fitted to
+the steps the remaining time allows and the run ends after the step that ends closest to the
+budget (:mod:`maskrcnn.engine.budget`). The peer's loop uses the same rule (:class:`BudgetClock`).
+Model building counts in both budgets; evaluation time is reported separately. Both data sets are
 read from disk once and kept in memory (:class:`MemoryDataset`: images and a label image per
 picture), so neither model pays for re-decoding the 5,659 mask PNGs each epoch (~30 s per pass
 on 2 cores).
@@ -56,10 +53,6 @@ import torch
 
 from maskrcnn.config import Config
 from maskrcnn.data.dataset import Dataset
-
-#: Fields that turn the ``nuclei`` preset into the lighter model of the ``light`` row.
-LIGHT: dict[str, Any] = {"backbone": "resnet18", "backbone_width": 32, "fpn_channels": 64,
-                         "box_head_dim": 256, "mask_head_channels": 64}
 
 PEER_BATCH = 2
 PEER_MIN_SIZE, PEER_MAX_SIZE = 800, 1333
@@ -189,72 +182,30 @@ def _loadavg() -> list[float] | None:
 
 
 # ============================================================================== ours
-def make_budget_trainer(budget_s: float, optimizer: str = "sgd", max_steps: int | None = None):
-    """A :class:`maskrcnn.engine.Trainer` subclass that stops at the wall-clock budget.
-
-    ``optimizer="adamw"`` replaces the engine's SGD by AdamW (``learning_rate`` is AdamW's rate,
-    same parameter groups: no weight decay on norms and biases); the engine has no such setting.
-    """
-    from maskrcnn.engine import Trainer
-    from maskrcnn.engine.optim import param_groups, scaled_learning_rate
-    from maskrcnn.engine.schedule import LRSchedule, build_scheduler
-
-    class BudgetTrainer(Trainer):
-        """Re-fits the schedule's length to the remaining time after each step; stops at the budget.
-
-        Uses two engine internals (there is no public hook): the ``_after_step`` method, called
-        after every optimizer step, and the cooperative stop flag ``_stop.requested`` that
-        Ctrl-C sets (the trainer then finishes the step, saves a checkpoint and returns).
-        """
-
-        clock = BudgetClock(budget_s, max_steps)
-        images_seen = 0
-
-        def _setup(self) -> None:
-            super()._setup()
-            if optimizer == "adamw":
-                c = self.config
-                groups = param_groups(self.module, c.weight_decay)
-                self.optimizer = torch.optim.AdamW(groups, lr=scaled_learning_rate(c, self.dist.world_size),
-                                                   betas=(0.9, 0.999), weight_decay=c.weight_decay)
-                self.scheduler = build_scheduler(self.optimizer, c, self.total_steps)
-
-        def _after_step(self, means, lr, grad_norm, n_images, seconds, epoch):  # type: ignore[no-untyped-def]
-            super()._after_step(means, lr, grad_norm, n_images, seconds, epoch)
-            clock = self.clock
-            clock.step_done(seconds)
-            self.images_seen += int(n_images)
-            self.last_loss = float(means[-1])
-            total = self.global_step + clock.steps_left()
-            sched = self.scheduler
-            sched.schedule = LRSchedule.from_config(self.config, max(total, self.global_step + 1))
-            sched.load_state_dict(sched.state_dict())  # re-applies the rate of the next step
-            if clock.next_step_is_last() or clock.stop_now():
-                self._stop.requested = True
-
-    return BudgetTrainer
-
-
 def run_ours(config: Config, train_ds: Dataset, val_ds: Dataset, budget_s: float, run_dir: Path,
-             label: str, log: Callable[[str], None], optimizer: str = "sgd", max_steps: int | None = None) -> dict[str, Any]:
+             label: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """Train with the engine exactly as ``maskrcnn train --minutes M`` does, then evaluate."""
+    from maskrcnn.engine import Trainer
     from maskrcnn.evaluation import evaluate_model
     from maskrcnn.modeling import build_model
 
-    # the budget decides the length: many epochs, no validation between them
-    config = config.replace(epochs=100_000, validate_every=0)
+    # the budget decides the length (Config.max_train_minutes): many epochs, no validation between them
+    config = config.replace(epochs=100_000, validate_every=0, max_train_minutes=budget_s / 60)
     load_before = _loadavg()
-    Trainer = make_budget_trainer(budget_s, optimizer, max_steps)
-    clock = Trainer.clock
-    clock.start = time.perf_counter()
+    start = time.perf_counter()
     model = build_model(config)
     n_params = sum(p.numel() for p in model.parameters())
     trainer = Trainer(config, train_ds, None, out_dir=run_dir.parent, run_dir=run_dir, model=model,
                       evaluate_fn=None, progress=False, tensorboard=False, log_every=10)
     result = trainer.fit()
-    fit_s = time.perf_counter() - clock.start
-    train_s = clock.last_end - clock.start
+    train_s = time.perf_counter() - start
     load_after = _loadavg()
-    log(f"[{label}] trained {result.global_step} steps in {train_s:.0f} s (fit incl. final checkpoint {fit_s:.0f} s)")
+    log(f"[{label}] trained {result.global_step} steps in {train_s:.0f} s (model build, steps and the final checkpoint)")
+    clock = BudgetClock(budget_s)
+    clock.step_times = list(trainer.budget.step_times)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last_loss = next((r["loss"] for r in reversed(records) if r.get("type") == "train"), None)
+    images = result.global_step * config.images_per_gpu * config.grad_accumulation
 
     model = trainer.module
     model.eval()
@@ -262,8 +213,8 @@ def run_ours(config: Config, train_ds: Dataset, val_ds: Dataset, budget_s: float
     with torch.no_grad():
         report = evaluate_model(model, val_ds, batch_size=2)
     eval_s = time.perf_counter() - t0
-    return _row(label, config, n_params, result.global_step, trainer.images_seen, clock, train_s, eval_s, report,
-                len(train_ds.image_ids), load_before, load_after, getattr(trainer, "last_loss", None))
+    return _row(label, config, n_params, result.global_step, images, clock, train_s, eval_s, report,
+                len(train_ds.image_ids), load_before, load_after, last_loss)
 
 
 # ============================================================================== peer
@@ -285,8 +236,22 @@ def _peer_sample(ds: Dataset, image_id: int, rng: np.random.Generator) -> tuple[
     return image, target
 
 
+def build_peer(depth: str) -> torch.nn.Module:
+    """torchvision's ``maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2)``;
+    for another ResNet depth, exactly what that builder does with it: ``resnet_fpn_backbone`` with
+    all 5 stages trainable and BatchNorm trained (the builder's choice without weights)."""
+    from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    if depth == "resnet50":
+        return maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2,
+                                     min_size=PEER_MIN_SIZE, max_size=PEER_MAX_SIZE)
+    backbone = resnet_fpn_backbone(backbone_name=depth, weights=None, norm_layer=torch.nn.BatchNorm2d, trainable_layers=5)
+    return MaskRCNN(backbone, num_classes=2, min_size=PEER_MIN_SIZE, max_size=PEER_MAX_SIZE)
+
+
 def run_peer(train_ds: Dataset, val_ds: Dataset, budget_s: float, seed: int, log: Callable[[str], None],
-             max_steps: int | None = None) -> dict[str, Any]:
+             max_steps: int | None = None, depth: str = "resnet50") -> dict[str, Any]:
     import torchvision
 
     from maskrcnn.evaluation import Evaluator
@@ -298,8 +263,7 @@ def run_peer(train_ds: Dataset, val_ds: Dataset, budget_s: float, seed: int, log
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     clock = BudgetClock(budget_s, max_steps)
-    model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2,
-                                                               min_size=PEER_MIN_SIZE, max_size=PEER_MAX_SIZE)
+    model = build_peer(depth)
     n_params = sum(p.numel() for p in model.parameters())
     params = [p for p in model.parameters() if p.requires_grad]
     base_lr = 0.02 * PEER_BATCH / 16
@@ -456,14 +420,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("--only", choices=["ours", "peer", "light"], default=None)
-    p.add_argument("--light", action="store_true", help="also train ours with the lighter backbone (a separate row)")
+    p.add_argument("--only", choices=["ours", "peer"], default=None)
     p.add_argument("--config", default=None, help="our config YAML (default: the shipped nuclei preset)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="change a field of our config")
     p.add_argument("--out", default="/tmp/nuclei_bench", help="run directories of our trainer go here")
-    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd", help="ours: the engine's SGD or AdamW (emulated)")
     p.add_argument("--max-val", type=int, default=None, help="checks: evaluate on the first N validation images only")
-    p.add_argument("--steps", type=int, default=None, help="experiments: train this many steps instead of --minutes")
+    p.add_argument("--steps", type=int, default=None, help="checks: the peer trains this many steps instead of --minutes")
     p.add_argument("--tag", default="run")
     p.add_argument("--results", default=None, help="append one JSON line per model to this file")
     a = p.parse_args(argv)
@@ -490,19 +452,18 @@ def main(argv: list[str] | None = None) -> int:
     log(f"data: {len(train_ds.image_ids)} train images ({train_ds.instance_count()} instances), "
         f"{len(val_ds.image_ids)} val images ({val_ds.instance_count()} instances), read into memory in {data_s:.1f} s")
 
-    which = [a.only] if a.only else ["ours", "peer"] + (["light"] if a.light else [])
+    which = [a.only] if a.only else ["ours", "peer"]
     budget = a.minutes * 60
     rows = []
     for name in which:
         log(f"{name}: training for {a.minutes:g} min (load average {_loadavg()})")
         torch.manual_seed(a.seed)
         if name == "peer":
-            row = run_peer(train_ds, val_ds, budget, a.seed, log, a.steps)
+            row = run_peer(train_ds, val_ds, budget, a.seed, log, a.steps, depth=config.backbone)
         else:
-            cfg = config if name == "ours" else config.replace(**LIGHT)
+            cfg = config
             run_dir = Path(a.out) / f"{a.tag}_{name}_{time.strftime('%Y%m%d-%H%M%S')}"
-            row = run_ours(cfg, train_ds, val_ds, budget, run_dir, name, log, a.optimizer, a.steps)
-            row["optimizer"] = a.optimizer
+            row = run_ours(cfg, train_ds, val_ds, budget, run_dir, name, log)
             row["config"] = {k: v for k, v in cfg.model_dump().items() if v != Config.model_fields[k].default}
         log(f"{name}: mask AP {row['mask_ap']:.4f}, AP50 {row['mask_ap50']:.4f}, DSB {row['dsb']:.4f}, "
             f"{row['steps']} steps, {row['s_per_step']:.2f} s/step, eval {row['eval_s']:.0f} s")

@@ -112,11 +112,37 @@ def test_crop_mode_random_crop_after_upscale():
     y, x, h, w = info.crop
     assert (h, w) == (128, 128) and y == 0 and 0 <= x <= 64
     assert info.window == (0, 0, 128, 128)
-    assert torch.equal(out, resample_image(img, (128, 192))[:, :, x:x + 128])
+    assert torch.allclose(out, resample_image(img, (128, 192))[:, :, x:x + 128], atol=1e-5, rtol=0)
     again, info2 = resize_image(img, "crop", 128, 1024, rng=np.random.default_rng(5))
     assert info2.crop == info.crop and torch.equal(again, out)
     xs = {resize_image(img, "crop", 128, 1024, rng=np.random.default_rng(s))[1].crop[1] for s in range(20)}
     assert len(xs) > 5
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_crop_mode_computes_only_the_crop_with_the_full_resize_sample_points(seed):
+    """The crop is interpolated from its source region only; it equals resizing everything and
+    cropping (images to float rounding; mask pixels can differ only where the value is a tie at 0.5)."""
+    rng = np.random.default_rng(seed)
+    H, W = (int(v) for v in rng.integers(30, 90, size=2))
+    img = torch.rand(3, H, W)
+    masks = np.zeros((6, H, W), dtype=np.uint8)
+    for k in range(5):  # blobs, and one instance far outside any crop-sized region is still handled
+        y, x = rng.integers(0, H - 8), rng.integers(0, W - 8)
+        masks[k, y:y + int(rng.integers(3, 20)), x:x + int(rng.integers(3, 20))] = 1
+    masks[5] = rng.random((H, W)) < 0.3
+    min_scale = [1.0, 1.37, 2.0, 2.5, 1.61, 3.0][seed]
+    out, info = resize_image(img, "crop", 32, 0, min_scale, rng=rng)
+    y, x, h, w = info.crop
+    full = resample_image(img, info.scaled_size)
+    assert out.shape == (3, 32, 32) and torch.allclose(out, full[:, y:y + h, x:x + w], atol=1e-5, rtol=0)
+    got = info.resize_masks(masks)
+    value = torch.nn.functional.interpolate(torch.from_numpy(masks).float()[:, None], size=info.scaled_size,
+                                            mode="bilinear", align_corners=False)[:, 0, y:y + h, x:x + w]
+    differ = torch.from_numpy(got != (value.numpy() >= 0.5))
+    assert got.shape == (6, 32, 32) and got.dtype == np.uint8
+    assert differ.sum() <= 0.005 * got.size and bool(((value[differ] - 0.5).abs() < 1e-4).all())
+    assert got[:5].sum() > 0 or masks[:5, :, :].sum() == 0
 
 
 def test_scale_jitter_multiplies_scale_within_limits():

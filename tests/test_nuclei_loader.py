@@ -52,7 +52,7 @@ def contrast(image: np.ndarray, union: np.ndarray) -> float:
 
 def test_preset_is_set_for_small_dense_objects(config: Config) -> None:
     assert config.num_classes == 2
-    assert config.backbone == "resnet50"
+    assert config.backbone == "resnet18" and config.optimizer == "adamw"
     assert min(config.rpn_anchor_scales) == 8
     assert config.max_gt_instances >= 400 and config.detection_max_instances >= 400
     assert config.image_resize_mode == "crop" and config.image_min_scale >= 2.0

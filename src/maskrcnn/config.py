@@ -219,7 +219,13 @@ class Config(BaseModel):
     def from_yaml(cls, path: str | Path) -> "Config":
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found; pass an existing YAML file to --config")
+            from .configs import PRESETS, preset_path
+
+            if str(path).removesuffix(".yaml") in PRESETS:  # a shipped preset by name: --config nuclei
+                path = preset_path(str(path))
+            else:
+                raise ConfigError(f"{path}: config file not found; pass an existing YAML file to --config "
+                                  f"or a shipped preset ({', '.join(PRESETS)})")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

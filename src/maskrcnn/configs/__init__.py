@@ -12,7 +12,7 @@ from pathlib import Path
 __all__ = ["PRESETS", "preset_path", "load_preset"]
 
 #: Names of the shipped presets.
-PRESETS: tuple[str, ...] = ("shapes_demo",)
+PRESETS: tuple[str, ...] = ("shapes_demo", "nuclei")
 
 
 def preset_path(name: str) -> Path:

@@ -18,7 +18,11 @@ Modes (``Config.image_resize_mode``):
   ``round(side * scale)`` and zero-padded, centred, to ``max_dim x max_dim``.
 * ``pad64``: scale as above (up only, no max_dim cap), then zero-padded, centred, to the next
   multiple of 64 per side.
-* ``crop``: scale as above, then a random ``min_dim x min_dim`` crop (training only).
+* ``crop``: scale as above, then a random ``min_dim x min_dim`` crop (training only). Only the
+  crop is computed: its pixels are interpolated from the source region they sample (the same
+  bilinear sample points as resizing the whole image and cropping; equal up to float rounding),
+  and masks that do not reach that region are not resampled at all. A 256 px crop of an
+  upscaled 696x520 microscopy image with 375 nuclei costs ~10 ms instead of ~0.25 s.
 
 Image interpolation is bilinear (``align_corners=False``, no antialias) on float images. **Masks**
 are resized by :func:`resample_masks`: the same bilinear interpolation on 0/1 floats, then
@@ -199,6 +203,8 @@ class ResizeInfo:
         """Apply this geometry to another float ``[C, H, W]`` image of the original size."""
         if tuple(image.shape[-2:]) != self.original_size:
             raise ValueError(f"image is {tuple(image.shape[-2:])}, this resize is for {self.original_size}")
+        if self.crop is not None and self.scaled_size != self.original_size:
+            return _resample_crop(image, self.original_size, self.scaled_size, self.crop)
         return self._place(resample_image(image, self.scaled_size))
 
     def resize_masks(self, masks: MaskT) -> MaskT:
@@ -209,8 +215,11 @@ class ResizeInfo:
         if tuple(masks.shape[-2:]) != self.original_size:
             raise ValueError(f"masks are {tuple(masks.shape[-2:])}, this resize is for {self.original_size}")
         is_numpy = isinstance(masks, np.ndarray)
-        t = resample_masks(torch.from_numpy(np.ascontiguousarray(masks)) if is_numpy else masks, self.scaled_size)
-        out = self._place(t)
+        t = torch.from_numpy(np.ascontiguousarray(masks)) if is_numpy else masks
+        if self.crop is not None and self.scaled_size != self.original_size:
+            out = _crop_masks(t, self.original_size, self.scaled_size, self.crop)
+        else:
+            out = self._place(resample_masks(t, self.scaled_size))
         return out.numpy() if is_numpy else out
 
     def masks_to_original(self, masks: MaskT) -> MaskT:
@@ -242,6 +251,54 @@ class ResizeInfo:
         if top or bottom or left or right:
             return F.pad(t, (left, right, top, bottom))
         return t
+
+
+def _crop_source(original: tuple[int, int], scaled: tuple[int, int], crop: tuple[int, int, int, int]
+                 ) -> tuple[tuple[int, int, int, int], tuple[float, float, float, float]]:
+    """Source rows/columns ``(r0, r1, c0, c1)`` that the bilinear samples of ``crop`` read, and the
+    crop's box ``(x1, y1, x2, y2)`` in that region's coordinates for ``roi_align(aligned=True)``.
+
+    Resizing ``H -> h`` samples output row ``i`` at source row ``(i + 0.5) * H / h - 0.5``
+    (``align_corners=False``, clamped at the edges), so crop row ``i`` (scaled row ``y + i``) of
+    a crop starting at ``y`` is the RoIAlign sample of bin ``i`` of a box from ``y * H / h`` with
+    bins ``H / h`` high, one sample per bin.
+    """
+    (H, W), (sh, sw), (y, x, h, w) = original, scaled, crop
+    ky, kx = H / sh, W / sw
+    r0 = max(0, math.floor((y + 0.5) * ky - 0.5))
+    r1 = min(H, math.floor((y + h - 0.5) * ky - 0.5) + 2)
+    c0 = max(0, math.floor((x + 0.5) * kx - 0.5))
+    c1 = min(W, math.floor((x + w - 0.5) * kx - 0.5) + 2)
+    box = (x * kx - c0, y * ky - r0, (x + w) * kx - c0, (y + h) * ky - r0)
+    return (r0, r1, c0, c1), box
+
+
+def _resample_crop(t: torch.Tensor, original: tuple[int, int], scaled: tuple[int, int],
+                   crop: tuple[int, int, int, int]) -> torch.Tensor:
+    """Bilinear resize of float ``[C, H, W]`` to ``scaled``, computed for the ``crop`` window only."""
+    from torchvision.ops import roi_align
+
+    (r0, r1, c0, c1), box = _crop_source(original, scaled, crop)
+    region = t[None, :, r0:r1, c0:c1].float()
+    boxes = torch.tensor([[0.0, *box]], dtype=region.dtype)
+    return roi_align(region, boxes, output_size=(crop[2], crop[3]), spatial_scale=1.0, sampling_ratio=1, aligned=True)[0]
+
+
+def _crop_masks(masks: torch.Tensor, original: tuple[int, int], scaled: tuple[int, int],
+                crop: tuple[int, int, int, int]) -> torch.Tensor:
+    """:func:`resample_masks` then crop, computed only for masks that reach the crop's source region."""
+    (r0, r1, c0, c1), _ = _crop_source(original, scaled, crop)
+    n = masks.shape[0]
+    out = torch.zeros((n, crop[2], crop[3]), dtype=torch.uint8)
+    if n == 0:
+        return out
+    hit = (masks[:, r0:r1, c0:c1] != 0).flatten(1).any(1).nonzero().flatten()
+    chunk = max(1, _MASK_CHUNK_BYTES // (4 * max((r1 - r0) * (c1 - c0), crop[2] * crop[3])))
+    for i in range(0, len(hit), chunk):
+        idx = hit[i:i + chunk]
+        part = (masks[idx] != 0).to(torch.float32)
+        out[idx] = (_resample_crop(part, original, scaled, crop) >= 0.5).to(torch.uint8)
+    return out
 
 
 def resize_image(
@@ -291,4 +348,6 @@ def resize_image(
     else:
         window = (padding[0][0], padding[1][0], padding[0][0] + sh, padding[1][0] + sw)
     info = ResizeInfo(mode, (h, w), float(scale), (sh, sw), out_size, window, padding, crop)
+    if crop is not None and (sh, sw) != (h, w):
+        return _resample_crop(image, (h, w), (sh, sw), crop), info
     return info._place(resample_image(image, (sh, sw))), info

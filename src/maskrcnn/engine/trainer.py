@@ -703,6 +703,8 @@ class Trainer:
         mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
         terms = ", ".join(f"{k} {mean[k]:.4f}" for k in LOSS_TERMS)
         eta = (self.total_steps - self.global_step) * (self._ema_step_s or 0.0)
+        if self.budget is not None:
+            eta = min(eta, self.budget.remaining)
         self.log.info(f"epoch {e + 1}/{self.config.epochs}: loss {mean['loss']:.4f} ({terms}), lr {self.optimizer.param_groups[0]['lr']:.3g}, "
                       f"{mean['images_per_s']:.1f} images/s, {format_duration(seconds)}, eta {format_duration(eta)}")
 
