@@ -327,7 +327,8 @@ def run_peer(train_ds: Dataset, val_ds: Dataset, budget_s: float, seed: int, log
     report = evaluator.evaluate()
     eval_s = time.perf_counter() - t0
     row = _row(label, None, n_params, step, images_seen, clock, train_s, eval_s, report, len(ids), load_before, load_after, last_loss)
-    row["model"] = f"torchvision maskrcnn_resnet50_fpn, {PEER_MIN_SIZE}/{PEER_MAX_SIZE} resize, batch {PEER_BATCH}"
+    row["model"] = (f"torchvision MaskRCNN {depth}-FPN (the maskrcnn_resnet50_fpn recipe), {PEER_MIN_SIZE}/{PEER_MAX_SIZE} resize, "
+                    f"batch {PEER_BATCH}")
     return row
 
 

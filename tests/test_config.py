@@ -38,8 +38,12 @@ def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
     bad.write_text("num_classes: 3\nbakcbone: resnet50\n")
     with pytest.raises(ConfigError, match=r"unknown config field 'bakcbone'; did you mean 'backbone'\?"):
         Config.from_yaml(bad)
-    with pytest.raises(ConfigError, match="config file not found"):
+    with pytest.raises(ConfigError, match="config file not found.*or a shipped preset \\(shapes_demo, nuclei\\)"):
         Config.from_yaml(tmp_path / "missing.yaml")
+    # shipped presets by name (maskrcnn train --config nuclei)
+    nuclei = Config.from_yaml("nuclei")
+    assert (nuclei.name, nuclei.optimizer, nuclei.image_resize_mode) == ("nuclei", "adamw", "crop")
+    assert Config.from_yaml("shapes_demo.yaml").name == "shapes_demo"
 
 
 def test_yaml_round_trip_keeps_every_value(tmp_path: Path) -> None:

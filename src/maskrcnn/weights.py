@@ -339,6 +339,8 @@ def save_checkpoint(model: nn.Module, config: Config, path: str | Path, extra_me
     metadata); otherwise a folder with ``model.safetensors`` and ``config.yaml``."""
     from safetensors.torch import save_file
 
+    from .engine.checkpoint import fsync_path as _fsync
+
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {_META_KEY: config.to_yaml(), "format": "maskrcnn/1"}
@@ -350,7 +352,9 @@ def save_checkpoint(model: nn.Module, config: Config, path: str | Path, extra_me
         tmp = Path(tmp_name)
         try:
             save_file(state, str(tmp), metadata=meta)
+            _fsync(tmp)  # the data is on disk before the rename makes it the checkpoint
             os.replace(tmp, path)
+            _fsync(path.parent)
         finally:
             if tmp.exists():
                 tmp.unlink()
@@ -362,6 +366,8 @@ def save_checkpoint(model: nn.Module, config: Config, path: str | Path, extra_me
     try:
         save_file(state, str(tmp_dir / "model.safetensors"), metadata=meta)
         config.to_yaml(tmp_dir / "config.yaml")
+        for f in (tmp_dir / "model.safetensors", tmp_dir / "config.yaml", tmp_dir):
+            _fsync(f)
         if path.is_dir():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".", suffix=".old"))
             os.replace(path, old / "ckpt")

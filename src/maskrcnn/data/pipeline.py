@@ -175,7 +175,8 @@ class TrainingDataset(torch.utils.data.Dataset):
 
         # empty masks out, then the cap (random choice, order kept)
         keep = masks.any(axis=(1, 2))
-        masks, labels = masks[keep], labels[keep]
+        if not keep.all():
+            masks, labels = masks[keep], labels[keep]
         if len(masks) > cfg.max_gt_instances:
             chosen = np.sort(rng.choice(len(masks), cfg.max_gt_instances, replace=False))
             masks, labels = masks[chosen], labels[chosen]
@@ -191,7 +192,7 @@ class TrainingDataset(torch.utils.data.Dataset):
                                     cfg.image_min_scale, jitter=jitter, rng=rng)
         sample = Sample(
             tensor.permute(1, 2, 0).numpy(),
-            info.resize_masks(np.ascontiguousarray(sample.masks)),
+            info.resize_masks(sample.masks),
             sample.labels,
             None if sample.ignore is None else info.resize_masks(np.ascontiguousarray(sample.ignore)[None].astype(np.uint8))[0].astype(bool),
             info.window,
@@ -247,7 +248,9 @@ class TrainingDataset(torch.utils.data.Dataset):
             raise DataError(f"{ref}: class id {bad} is outside 1..{cfg.num_classes - 1}; "
                             f"use internal ids (map_source_class_id) and set num_classes (now {cfg.num_classes}) "
                             "to the class count including background")
-        masks = np.ascontiguousarray(np.moveaxis(raw_masks != 0, 2, 0)).view(np.uint8)
+        # a [N, H, W] view of the [H, W, N] array, not a copy: the crop resize mode then copies only
+        # the crop's source region (dense images hold hundreds of full-size masks)
+        masks = np.moveaxis(raw_masks if raw_masks.dtype == bool else raw_masks != 0, 2, 0).view(np.uint8)
 
         ignore = self.dataset.load_ignore_mask(image_id)
         if ignore is not None:

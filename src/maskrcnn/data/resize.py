@@ -215,10 +215,10 @@ class ResizeInfo:
         if tuple(masks.shape[-2:]) != self.original_size:
             raise ValueError(f"masks are {tuple(masks.shape[-2:])}, this resize is for {self.original_size}")
         is_numpy = isinstance(masks, np.ndarray)
-        t = torch.from_numpy(np.ascontiguousarray(masks)) if is_numpy else masks
         if self.crop is not None and self.scaled_size != self.original_size:
-            out = _crop_masks(t, self.original_size, self.scaled_size, self.crop)
+            out = _crop_masks(masks, self.original_size, self.scaled_size, self.crop)
         else:
+            t = torch.from_numpy(np.ascontiguousarray(masks)) if is_numpy else masks
             out = self._place(resample_masks(t, self.scaled_size))
         return out.numpy() if is_numpy else out
 
@@ -276,28 +276,41 @@ def _crop_source(original: tuple[int, int], scaled: tuple[int, int], crop: tuple
 def _resample_crop(t: torch.Tensor, original: tuple[int, int], scaled: tuple[int, int],
                    crop: tuple[int, int, int, int]) -> torch.Tensor:
     """Bilinear resize of float ``[C, H, W]`` to ``scaled``, computed for the ``crop`` window only."""
+    (r0, r1, c0, c1), _ = _crop_source(original, scaled, crop)
+    return _resample_region(t[:, r0:r1, c0:c1].float(), original, scaled, crop)
+
+
+def _resample_region(region: torch.Tensor, original: tuple[int, int], scaled: tuple[int, int],
+                     crop: tuple[int, int, int, int]) -> torch.Tensor:
+    """The crop of the bilinear resize, from float ``[C, r1 - r0, c1 - c0]``: the source region
+    ``(r0, r1, c0, c1)`` of :func:`_crop_source` (one RoIAlign sample per output pixel)."""
     from torchvision.ops import roi_align
 
-    (r0, r1, c0, c1), box = _crop_source(original, scaled, crop)
-    region = t[None, :, r0:r1, c0:c1].float()
+    _, box = _crop_source(original, scaled, crop)
     boxes = torch.tensor([[0.0, *box]], dtype=region.dtype)
-    return roi_align(region, boxes, output_size=(crop[2], crop[3]), spatial_scale=1.0, sampling_ratio=1, aligned=True)[0]
+    return roi_align(region[None], boxes, output_size=(crop[2], crop[3]), spatial_scale=1.0, sampling_ratio=1, aligned=True)[0]
 
 
-def _crop_masks(masks: torch.Tensor, original: tuple[int, int], scaled: tuple[int, int],
+def _crop_masks(masks: np.ndarray | torch.Tensor, original: tuple[int, int], scaled: tuple[int, int],
                 crop: tuple[int, int, int, int]) -> torch.Tensor:
-    """:func:`resample_masks` then crop, computed only for masks that reach the crop's source region."""
+    """:func:`resample_masks` then crop, computed only for masks that reach the crop's source region.
+
+    ``masks`` ``[N, H, W]`` (numpy, any strides, or a tensor); only the source region is copied."""
     (r0, r1, c0, c1), _ = _crop_source(original, scaled, crop)
-    n = masks.shape[0]
+    region = masks[:, r0:r1, c0:c1]
+    region = torch.from_numpy(np.ascontiguousarray(region)) if isinstance(region, np.ndarray) else region
+    n = region.shape[0]
     out = torch.zeros((n, crop[2], crop[3]), dtype=torch.uint8)
     if n == 0:
         return out
-    hit = (masks[:, r0:r1, c0:c1] != 0).flatten(1).any(1).nonzero().flatten()
-    chunk = max(1, _MASK_CHUNK_BYTES // (4 * max((r1 - r0) * (c1 - c0), crop[2] * crop[3])))
+    region = region != 0
+    hit = region.flatten(1).any(1).nonzero().flatten()
+    sub_size = (r1 - r0, c1 - c0)
+    chunk = max(1, _MASK_CHUNK_BYTES // (4 * max(sub_size[0] * sub_size[1], crop[2] * crop[3])))
     for i in range(0, len(hit), chunk):
         idx = hit[i:i + chunk]
-        part = (masks[idx] != 0).to(torch.float32)
-        out[idx] = (_resample_crop(part, original, scaled, crop) >= 0.5).to(torch.uint8)
+        part = region[idx].to(torch.float32)
+        out[idx] = (_resample_region(part, original, scaled, crop) >= 0.5).to(torch.uint8)
     return out
 
 

@@ -55,9 +55,10 @@ CONFIG_KEY = "maskrcnn_config"
 # --------------------------------------------------------------------------- atomic files
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_path(path: str | Path) -> None:
+    """Flush a written file, or a folder's entries, to disk (best effort where unsupported)."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -85,7 +86,7 @@ def atomic_write_bytes(path: str | Path, data: bytes | Callable[[Any], None]) ->
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def save_safetensors_atomic(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
