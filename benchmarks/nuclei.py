@@ -21,7 +21,7 @@ COCO mask AP / AP50 / AP75, box AP, and the DSB 2018 score on predictions with s
 ``ours`` trains with the engine's own wall-clock budget (``Config.max_train_minutes``, what
 ``maskrcnn train --minutes M`` sets): after every step the learning-rate schedule is re-fitted to
 the steps the remaining time allows and the run ends after the step that ends closest to the
-budget (:mod:`maskrcnn.engine.budget`). The peer's loop uses the same rule (:class:`BudgetClock`).
+budget (:mod:`maskrcnn.engine.budget`). The peer's loop uses the same rule (its :class:`TimeBudget`).
 Model building counts in both budgets; evaluation time is reported separately. Both data sets are
 read from disk once and kept in memory (:class:`MemoryDataset`: images and a label image per
 picture), so neither model pays for re-decoding the 5,659 mask PNGs each epoch (~30 s per pass
@@ -53,6 +53,10 @@ import torch
 
 from maskrcnn.config import Config
 from maskrcnn.data.dataset import Dataset
+from maskrcnn.engine.budget import TimeBudget
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import format_table  # noqa: E402
 
 PEER_BATCH = 2
 PEER_MIN_SIZE, PEER_MAX_SIZE = 800, 1333
@@ -121,60 +125,6 @@ def load_split(root: Path, split: str) -> MemoryDataset:
 
 
 # ============================================================================== timing
-class BudgetClock:
-    """When to stop: after the step that ends closest to ``budget_s`` from ``start``.
-
-    With ``max_steps`` (experiments: compare settings per step on a busy machine) the run stops
-    after that many steps instead, whatever the time.
-    """
-
-    def __init__(self, budget_s: float, max_steps: int | None = None) -> None:
-        self.budget_s = float(budget_s)
-        self.max_steps = max_steps
-        self.start = time.perf_counter()
-        self.step_times: list[float] = []
-        self.last_end = self.start
-
-    def step_done(self, seconds: float) -> None:
-        self.step_times.append(float(seconds))
-        self.last_end = time.perf_counter()
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    @property
-    def fraction(self) -> float:
-        """Progress through the run, 0..1 (time, or steps with ``max_steps``)."""
-        if self.max_steps:
-            return len(self.step_times) / self.max_steps
-        return self.elapsed / self.budget_s
-
-    def recent_step(self) -> float:
-        return statistics.median(self.step_times[-20:]) if self.step_times else float("inf")
-
-    def steps_left(self) -> int:
-        """Steps that fit in the remaining time at the recent step time."""
-        if self.max_steps:
-            return max(0, self.max_steps - len(self.step_times))
-        if not self.step_times:
-            return 0
-        return max(0, int((self.budget_s - self.elapsed) / self.recent_step() + 0.5))
-
-    def stop_now(self) -> bool:
-        """After a step: True when the next one would end more than half a step past the budget."""
-        if self.max_steps:
-            return len(self.step_times) >= self.max_steps
-        return self.elapsed + 0.5 * self.recent_step() >= self.budget_s
-
-    def next_step_is_last(self) -> bool:
-        """After a step: True when the step after it is the one to end closest to the budget
-        (for a loop that can only be asked to stop after its next step, like the trainer's)."""
-        if self.max_steps:
-            return len(self.step_times) + 1 >= self.max_steps
-        return self.elapsed + 1.5 * self.recent_step() >= self.budget_s
-
-
 def _loadavg() -> list[float] | None:
     with contextlib.suppress(OSError):
         return [round(x, 2) for x in os.getloadavg()]
@@ -201,8 +151,6 @@ def run_ours(config: Config, train_ds: Dataset, val_ds: Dataset, budget_s: float
     train_s = time.perf_counter() - start
     load_after = _loadavg()
     log(f"[{label}] trained {result.global_step} steps in {train_s:.0f} s (model build, steps and the final checkpoint)")
-    clock = BudgetClock(budget_s)
-    clock.step_times = list(trainer.budget.step_times)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last_loss = next((r["loss"] for r in reversed(records) if r.get("type") == "train"), None)
     images = result.global_step * config.images_per_gpu * config.grad_accumulation
@@ -213,7 +161,7 @@ def run_ours(config: Config, train_ds: Dataset, val_ds: Dataset, budget_s: float
     with torch.no_grad():
         report = evaluate_model(model, val_ds, batch_size=2)
     eval_s = time.perf_counter() - t0
-    return _row(label, config, n_params, result.global_step, images, clock, train_s, eval_s, report,
+    return _row(label, config, n_params, result.global_step, images, trainer.budget.step_times, train_s, eval_s, report,
                 len(train_ds.image_ids), load_before, load_after, last_loss)
 
 
@@ -262,7 +210,7 @@ def run_peer(train_ds: Dataset, val_ds: Dataset, budget_s: float, seed: int, log
     load_before = _loadavg()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    clock = BudgetClock(budget_s, max_steps)
+    clock = TimeBudget(budget_s, max_steps=max_steps)
     model = build_peer(depth)
     n_params = sum(p.numel() for p in model.parameters())
     params = [p for p in model.parameters() if p.requires_grad]
@@ -285,7 +233,8 @@ def run_peer(train_ds: Dataset, val_ds: Dataset, budget_s: float, seed: int, log
             if epoch == 0 and step < warmup_iters:  # LinearLR(start_factor=1/1000, total_iters=warmup_iters)
                 alpha = step / warmup_iters
                 factor = warmup_factor * (1 - alpha) + alpha
-            factor *= 0.1 ** sum(clock.fraction >= m for m in milestones)
+            progress = len(clock.step_times) / max_steps if max_steps else clock.elapsed / clock.seconds
+            factor *= 0.1 ** sum(progress >= m for m in milestones)
             for g in opt.param_groups:
                 g["lr"] = base_lr * factor
             batch = [_peer_sample(train_ds, ids[k], rng) for k in order[b:b + PEER_BATCH]]
@@ -302,14 +251,14 @@ def run_peer(train_ds: Dataset, val_ds: Dataset, budget_s: float, seed: int, log
             step += 1
             images_seen += len(images)
             clock.step_done(time.perf_counter() - t0)
+            train_s = clock.elapsed
             if step % 10 == 0 or step <= 3:
                 log(f"[peer] step {step}, loss {last_loss:.4f} ({', '.join(f'{k} {float(v.detach()):.3f}' for k, v in losses.items())}), "
-                    f"lr {base_lr * factor:.3g}, {clock.recent_step():.2f} s/step, {clock.elapsed:.0f} s")
-            if clock.stop_now():
+                    f"lr {base_lr * factor:.3g}, {clock.step_seconds():.2f} s/step, {clock.elapsed:.0f} s")
+            if clock.exhausted():
                 stop = True
                 break
         epoch += 1
-    train_s = clock.last_end - clock.start
     load_after = _loadavg()
     log(f"[peer] trained {step} steps in {train_s:.0f} s")
 
@@ -326,17 +275,16 @@ def run_peer(train_ds: Dataset, val_ds: Dataset, budget_s: float, seed: int, log
                 evaluator.add_arrays(image_id, o["boxes"].numpy(), o["scores"].numpy(), o["labels"].numpy(), masks)
     report = evaluator.evaluate()
     eval_s = time.perf_counter() - t0
-    row = _row(label, None, n_params, step, images_seen, clock, train_s, eval_s, report, len(ids), load_before, load_after, last_loss)
+    row = _row(label, None, n_params, step, images_seen, clock.step_times, train_s, eval_s, report, len(ids), load_before, load_after, last_loss)
     row["model"] = (f"torchvision MaskRCNN {depth}-FPN (the maskrcnn_resnet50_fpn recipe), {PEER_MIN_SIZE}/{PEER_MAX_SIZE} resize, "
                     f"batch {PEER_BATCH}")
     return row
 
 
 # ============================================================================== report
-def _row(label: str, config: Config | None, n_params: int, steps: int, images: int, clock: BudgetClock, train_s: float,
+def _row(label: str, config: Config | None, n_params: int, steps: int, images: int, times: list[float], train_s: float,
          eval_s: float, report: dict[str, Any], n_train: int, load_before: Any, load_after: Any, last_loss: float | None) -> dict[str, Any]:
     segm, bbox = report["coco"]["segm"], report["coco"]["bbox"]
-    times = clock.step_times
     model = None
     if config is not None:
         model = (f"ours {config.backbone}" + (f" w{config.backbone_width}" if config.backbone_width != 64 else "")
@@ -371,16 +319,6 @@ COLUMNS = [("name", "model", "s"), ("params_m", "params M", ".1f"), ("steps", "s
            ("s_per_step", "s/step", ".2f"), ("images_per_s", "img/s", ".2f"), ("train_s", "train s", ".0f"),
            ("eval_s", "eval s", ".0f"), ("mask_ap", "mask AP", ".3f"), ("mask_ap50", "AP50", ".3f"),
            ("mask_ap75", "AP75", ".3f"), ("box_ap", "box AP", ".3f"), ("dsb", "DSB", ".3f")]
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    cells = [[h for _, h, _ in COLUMNS]]
-    for r in rows:
-        cells.append([("" if r.get(k) is None else format(r[k], f)) for k, _, f in COLUMNS])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _git_commit() -> str | None:
@@ -476,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "sets": a.sets, **row}) + "\n")
 
     print()
-    print(format_table(rows))
+    print(format_table(rows, COLUMNS))
     out = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "minutes_per_model": a.minutes,

@@ -276,17 +276,16 @@ def _crop_source(original: tuple[int, int], scaled: tuple[int, int], crop: tuple
 def _resample_crop(t: torch.Tensor, original: tuple[int, int], scaled: tuple[int, int],
                    crop: tuple[int, int, int, int]) -> torch.Tensor:
     """Bilinear resize of float ``[C, H, W]`` to ``scaled``, computed for the ``crop`` window only."""
-    (r0, r1, c0, c1), _ = _crop_source(original, scaled, crop)
-    return _resample_region(t[:, r0:r1, c0:c1].float(), original, scaled, crop)
+    (r0, r1, c0, c1), box = _crop_source(original, scaled, crop)
+    return _resample_region(t[:, r0:r1, c0:c1].float(), box, crop)
 
 
-def _resample_region(region: torch.Tensor, original: tuple[int, int], scaled: tuple[int, int],
+def _resample_region(region: torch.Tensor, box: tuple[float, float, float, float],
                      crop: tuple[int, int, int, int]) -> torch.Tensor:
     """The crop of the bilinear resize, from float ``[C, r1 - r0, c1 - c0]``: the source region
-    ``(r0, r1, c0, c1)`` of :func:`_crop_source` (one RoIAlign sample per output pixel)."""
+    and ``box`` of :func:`_crop_source` (one RoIAlign sample per output pixel)."""
     from torchvision.ops import roi_align
 
-    _, box = _crop_source(original, scaled, crop)
     boxes = torch.tensor([[0.0, *box]], dtype=region.dtype)
     return roi_align(region[None], boxes, output_size=(crop[2], crop[3]), spatial_scale=1.0, sampling_ratio=1, aligned=True)[0]
 
@@ -296,7 +295,7 @@ def _crop_masks(masks: np.ndarray | torch.Tensor, original: tuple[int, int], sca
     """:func:`resample_masks` then crop, computed only for masks that reach the crop's source region.
 
     ``masks`` ``[N, H, W]`` (numpy, any strides, or a tensor); only the source region is copied."""
-    (r0, r1, c0, c1), _ = _crop_source(original, scaled, crop)
+    (r0, r1, c0, c1), box = _crop_source(original, scaled, crop)
     region = masks[:, r0:r1, c0:c1]
     region = torch.from_numpy(np.ascontiguousarray(region)) if isinstance(region, np.ndarray) else region
     n = region.shape[0]
@@ -305,12 +304,11 @@ def _crop_masks(masks: np.ndarray | torch.Tensor, original: tuple[int, int], sca
         return out
     region = region != 0
     hit = region.flatten(1).any(1).nonzero().flatten()
-    sub_size = (r1 - r0, c1 - c0)
-    chunk = max(1, _MASK_CHUNK_BYTES // (4 * max(sub_size[0] * sub_size[1], crop[2] * crop[3])))
+    chunk = max(1, _MASK_CHUNK_BYTES // (4 * max((r1 - r0) * (c1 - c0), crop[2] * crop[3])))
     for i in range(0, len(hit), chunk):
         idx = hit[i:i + chunk]
         part = region[idx].to(torch.float32)
-        out[idx] = (_resample_region(part, original, scaled, crop) >= 0.5).to(torch.uint8)
+        out[idx] = (_resample_region(part, box, crop) >= 0.5).to(torch.uint8)
     return out
 
 
@@ -361,6 +359,4 @@ def resize_image(
     else:
         window = (padding[0][0], padding[1][0], padding[0][0] + sh, padding[1][0] + sw)
     info = ResizeInfo(mode, (h, w), float(scale), (sh, sw), out_size, window, padding, crop)
-    if crop is not None and (sh, sw) != (h, w):
-        return _resample_crop(image, (h, w), (sh, sw), crop), info
-    return info._place(resample_image(image, (sh, sw))), info
+    return info.apply_image(image), info

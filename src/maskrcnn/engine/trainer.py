@@ -576,15 +576,12 @@ class Trainer:
         b = self.budget
         assert b is not None
         b.step_done(seconds)
-        decision = (b.steps_left(), b.exhausted())
+        left = b.steps_left()
         if du.is_distributed():
-            decision = du.broadcast_object(decision)  # type: ignore[assignment]
-        left, done = decision
-        total = self.global_step if done else min(self.total_steps, self.global_step + max(1, left))
-        self.scheduler.set_schedule(LRSchedule.from_config(self.config, max(1, total)))
-        if done:
-            self._budget_reached = True
-        return bool(done)
+            left = int(du.broadcast_object(left))  # type: ignore[arg-type]
+        self.scheduler.set_schedule(LRSchedule.from_config(self.config, max(1, min(self.total_steps, self.global_step + left))))
+        self._budget_reached = left == 0
+        return self._budget_reached
 
     # --- OOM fallback (engine/oom.py): the forward/backward passes of one step, and the log line
     def _fetch(self, it: Iterator, epoch: int) -> tuple[Batch, float] | None:
@@ -677,9 +674,7 @@ class Trainer:
             return
         ema = self._ema_step_s
         self._ema_step_s = seconds if ema is None else 0.9 * ema + 0.1 * seconds
-        eta = (self.total_steps - self.global_step) * self._ema_step_s
-        if self.budget is not None:
-            eta = min(eta, self.budget.remaining)
+        eta = self._eta()
         ips = n_images * self.dist.world_size / max(seconds, 1e-9)
         values = {k: float(means[i]) for i, k in enumerate(LOSS_TERMS)}
         values["loss"] = float(means[len(LOSS_TERMS)])
@@ -695,6 +690,11 @@ class Trainer:
         if acc["_n"] >= self.log_every:
             self._flush_train_log(epoch)
 
+    def _eta(self) -> float:
+        """Seconds left: the remaining steps at the smoothed step time, at most the time budget left."""
+        eta = (self.total_steps - self.global_step) * (self._ema_step_s or 0.0)
+        return eta if self.budget is None else min(eta, self.budget.remaining)
+
     def _epoch_summary(self, e: int, seconds: float) -> None:
         """One line per epoch when there is no progress bar (logs of non-interactive runs)."""
         rows = self._epoch_rows
@@ -702,9 +702,7 @@ class Trainer:
             return
         mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
         terms = ", ".join(f"{k} {mean[k]:.4f}" for k in LOSS_TERMS)
-        eta = (self.total_steps - self.global_step) * (self._ema_step_s or 0.0)
-        if self.budget is not None:
-            eta = min(eta, self.budget.remaining)
+        eta = self._eta()
         self.log.info(f"epoch {e + 1}/{self.config.epochs}: loss {mean['loss']:.4f} ({terms}), lr {self.optimizer.param_groups[0]['lr']:.3g}, "
                       f"{mean['images_per_s']:.1f} images/s, {format_duration(seconds)}, eta {format_duration(eta)}")
 
