@@ -365,3 +365,21 @@ def test_coco_loader_problems_are_reported(tmp_path: Path) -> None:
     (empty,) = report.of_kind("empty_mask")
     assert (Path(empty.image).name, empty.instance, empty.ref) == ("q.png", 0, "annotation 12")
     assert report.exit_code == 1
+
+
+def test_mixed_polarity_suggests_inversion(tmp_path: Path) -> None:
+    """Bright-background and dark-background images in one dataset: a warning naming the fields to set."""
+    ds = PlantedDataset()
+    masks, ids = [_square(10, 10, 30)], [1]
+    for i in range(3):  # fluorescence-like: mean ~0.1
+        ds.add(tmp_path, f"dark{i}.png", (_noise(i) // 8).astype(np.uint8), masks, ids)
+    ds.add(tmp_path, "stained.png", (255 - _noise(9) // 8).astype(np.uint8), masks, ids)  # mean ~0.94
+    ds.add(tmp_path, "grey.png", _noise(10), masks, ids)  # mean ~0.5: neither
+    ds.prepare()
+    config = Config.create(num_classes=3, image_min_dim=128, image_max_dim=128)
+    (finding,) = check_dataset(ds, config).of_kind("mixed_polarity")
+    assert finding.severity == "warning"
+    assert "1 image bright on average" in finding.message and "stained.png" in finding.message and "and 3 dark" in finding.message
+    assert "invert_bright_images: true" in finding.message
+    fixed = config.replace(invert_bright_images=True, image_normalization="per_image")
+    assert check_dataset(ds, fixed).of_kind("mixed_polarity") == []

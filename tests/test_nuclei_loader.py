@@ -58,6 +58,9 @@ def test_preset_is_set_for_small_dense_objects(config: Config) -> None:
     assert config.image_resize_mode == "crop" and config.image_min_scale >= 2.0
     assert config.image_min_dim % 64 == 0  # inference uses pad64 with the same min dim
     assert config.train_bn  # from scratch: BatchNorm statistics must be learnt
+    # fluorescence and stained histology in one set: one polarity, per-image statistics
+    assert config.invert_bright_images and config.image_normalization == "per_image"
+    assert config.detection_nms_threshold <= 0.3  # nuclei do not overlap
 
 
 def test_loader_reads_kaggle_layout_as_rgb(two_images: Path, dataset: InstanceMaskDataset) -> None:

@@ -203,3 +203,46 @@ def test_one_channel_model(tmp_path):
     with pytest.raises(DataError) as err:
         predictor.detect(np.repeat(gray[:, :, None], 3, axis=2))
     assert "3 channels but the model takes 1" in str(err.value)
+
+
+# ------------------------------------------------------------------ input normalisation (Config.image_normalization)
+def test_normalize_input_values():
+    from maskrcnn.modeling.transform import normalize_input
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(3, 20, 30, generator=g) * torch.tensor([0.2, 0.5, 0.9])[:, None, None]
+    mean, std = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.25, 0.3])
+    fixed = normalize_input(img, mean, std)
+    assert torch.allclose(fixed[1], (img[1] - 0.5) / 0.25)
+    per = normalize_input(img, mean, std, "per_image")
+    assert torch.allclose(per.mean(dim=(1, 2)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(per.std(dim=(1, 2), correction=0), torch.ones(3), atol=1e-5)
+    # per-image standardisation ignores gain and offset of each channel (exposure, stain strength)
+    shifted = img * torch.tensor([2.0, 0.5, 1.0])[:, None, None] + torch.tensor([0.1, 0.0, -0.05])[:, None, None]
+    assert torch.allclose(normalize_input(shifted, mean, std, "per_image"), per, atol=1e-4)
+    flat = torch.full((1, 8, 8), 0.3)  # a flat channel stays finite (std floored at 0.01)
+    assert normalize_input(flat, mean[:1], std[:1], "per_image").abs().max() < 1e-3  # not rounding noise / 0
+    # inversion only of images brighter than 0.5 on average
+    bright = 0.5 + 0.5 * img
+    assert torch.allclose(normalize_input(bright, mean, std, invert_bright=True), (1 - bright - mean[:, None, None]) / std[:, None, None])
+    dark = 0.5 * img
+    assert torch.equal(normalize_input(dark, mean, std, invert_bright=True), normalize_input(dark, mean, std))
+
+
+def test_invert_bright_images_model_sees_one_polarity():
+    """With invert_bright_images a bright-background image and its negative give the same detections."""
+    model = biased_model(invert_bright_images=True)
+    predictor = Predictor(model, device="cpu")
+    rgb = photo(64, 80, "coffee")
+    bright = np.clip(rgb.astype(np.int32) // 2 + 128, 0, 255).astype(np.uint8)  # mean above 0.5
+    det = predictor.detect(bright)[0]
+    assert_same(predictor.detect(255 - bright)[0], det, exact=False)
+    plain = Predictor(biased_model(), device="cpu")  # same weights, no inversion: other boxes
+    assert not np.allclose(plain.detect(bright)[0].boxes, plain.detect(255 - bright)[0].boxes, atol=1e-2)
+
+
+def test_per_image_normalization_ignores_exposure():
+    predictor = Predictor(biased_model(image_normalization="per_image"), device="cpu")
+    rgb = photo(64, 80).astype(np.float32) / 255
+    det = predictor.detect(rgb)[0]
+    assert_same(predictor.detect(rgb * 0.5 + 0.2)[0], det, exact=False)

@@ -78,6 +78,8 @@ class Config(BaseModel):
     image_channel_count: int = _f(3, "Channels of input images (1 grayscale, 3 RGB, 4 RGB-D ...); a mismatching image is an error.", "channels")
     pixel_mean: list[float] = _f([0.485, 0.456, 0.406], "Per-channel mean subtracted from images scaled to [0, 1].", "[0,1] intensity")
     pixel_std: list[float] = _f([0.229, 0.224, 0.225], "Per-channel std dividing images scaled to [0, 1].", "[0,1] intensity")
+    image_normalization: Literal["fixed", "per_image"] = _f("fixed", "fixed: (x - pixel_mean) / pixel_std; per_image: each image standardised by its own per-channel mean and std (stains, exposure and bit depths that vary between images).")
+    invert_bright_images: bool = _f(False, "Invert (1 - x) images whose mean intensity is above 0.5, so objects are always bright on a dark background (brightfield or stained histology mixed with fluorescence).")
     image_resize_mode: ResizeMode = _f("minmax", "minmax (torchvision: short side to image_min_dim, long side <= image_max_dim, pad to size_divisibility) or Matterport's none/square/pad64/crop.")
     image_min_dim: int = _f(800, "Target short side (minmax), minimum short side (square/pad64) or crop size (crop).", "px")
     image_max_dim: int = _f(1333, "Maximum long side (minmax, square).", "px")

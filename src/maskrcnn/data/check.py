@@ -13,7 +13,7 @@ Finding kinds (severity):
   ``count_mismatch``, ``undeclared_class``, ``num_classes``, ``channel_mismatch``;
 * warnings: ``empty_mask``, ``tiny_mask``, ``duplicate_image``, ``duplicate_instance``,
   ``too_many_instances``, ``unused_class``, ``class_imbalance``, ``small_objects``,
-  ``mixed_channels``, ``mixed_depth``, ``class_names``, ``strong_downscale``, ``strong_upscale``;
+  ``mixed_channels``, ``mixed_depth``, ``mixed_polarity``, ``class_names``, ``strong_downscale``, ``strong_upscale``;
 * info: ``background_only``, ``image_sizes``, ``resize``;
 * problems recorded by the format loaders at registration (``dataset.problems``, see
   :mod:`maskrcnn.data.formats`) keep their kind; those where the loader skipped an image or an
@@ -352,6 +352,8 @@ class _State:
         self.sizes: Counter[tuple[int, int]] = Counter()
         self.channels: Counter[int] = Counter()
         self.dtypes: Counter[str] = Counter()
+        self.bright: list[int] = []  # images whose mean intensity in [0, 1] is above 0.6 (dark: below 0.4)
+        self.dark = 0
         self.hashes: dict[bytes, int] = {}
         self.scales: array = array("d")
         self.pad_fraction: array = array("d")
@@ -423,6 +425,12 @@ class _State:
         self.sizes[(w, h)] += 1
         self.channels[c] += 1
         self.dtypes[str(image.dtype)] += 1
+        scale = {"uint8": 255.0, "uint16": 65535.0}.get(str(image.dtype), 1.0)
+        mean = float(image.mean(dtype=np.float64)) / scale
+        if mean > 0.6:  # clearly bright or clearly dark; mid-grey images count as neither
+            self.bright.append(image_id)
+        elif mean < 0.4:
+            self.dark += 1
         if c != self.cfg.image_channel_count:
             self.add("error", "channel_mismatch", f"{c} channel(s) but image_channel_count="
                      f"{self.cfg.image_channel_count}; convert the image or set image_channel_count: {c}",
@@ -590,7 +598,14 @@ class _State:
         if len(self.dtypes) > 1:
             table = ", ".join(f"{d}: {n}" for d, n in sorted(self.dtypes.items()))
             self.add("warning", "mixed_depth", f"images have mixed pixel types ({table}); each type is scaled to "
-                     "[0, 1] differently (uint8 / 255, uint16 / 65535), so intensities differ: convert to one depth")
+                     "[0, 1] differently (uint8 / 255, uint16 / 65535), so intensities differ: convert to one depth "
+                     "or set image_normalization: per_image")
+        if self.bright and self.dark and not self.cfg.invert_bright_images:
+            example = self.ds.image_reference(self.bright[0])
+            self.add("warning", "mixed_polarity", f"{_images(len(self.bright))} bright on average (mean intensity "
+                     f"> 0.6, e.g. {example}) and {self.dark} dark (< 0.4): objects may be dark on light in some and "
+                     "light on dark in others (brightfield/histology with fluorescence); set "
+                     "invert_bright_images: true and image_normalization: per_image")
 
     def _check_sizes(self) -> None:
         if not self.sizes:

@@ -14,7 +14,7 @@ from .anchors import AnchorGenerator
 from .backbone import BackboneWithFPN
 from .roi_heads import BoxPredictor, ConvFCHead, MaskHead, MaskPredictor, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead
-from .transform import batch_images, normalize, rescale_boxes, resize_minmax
+from .transform import batch_images, normalize_input, rescale_boxes, resize_minmax
 
 __all__ = ["MaskRCNN", "build_model"]
 
@@ -53,7 +53,8 @@ class MaskRCNN(nn.Module):
         for img in images:
             if img.dim() != 3 or img.shape[0] != c.image_channel_count:
                 raise ValueError(f"expected images [C={c.image_channel_count}, H, W], got {tuple(img.shape)}")
-            img = normalize(img, self.pixel_mean.to(img.dtype), self.pixel_std.to(img.dtype))
+            img = normalize_input(img, self.pixel_mean.to(img.dtype), self.pixel_std.to(img.dtype),
+                                  c.image_normalization, c.invert_bright_images)
             if resize:
                 if c.image_resize_mode != "minmax":
                     raise NotImplementedError("model-side resizing supports minmax; use maskrcnn.data.resize for other modes")

@@ -14,12 +14,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["normalize", "resize_minmax", "batch_images", "rescale_boxes"]
+__all__ = ["normalize", "normalize_input", "resize_minmax", "batch_images", "rescale_boxes"]
 
 
 def normalize(image: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """``(image - mean) / std`` per channel; ``image [C, H, W]``, ``mean``/``std`` ``[C]``."""
     return (image - mean[:, None, None]) / std[:, None, None]
+
+
+#: Smallest per-image standard deviation used by :func:`normalize_input` (a flat channel is not blown up).
+MIN_IMAGE_STD = 1e-2
+
+
+def normalize_input(image: Tensor, mean: Tensor, std: Tensor, mode: str = "fixed", invert_bright: bool = False) -> Tensor:
+    """The network input of one image ``[C, H, W]`` in [0, 1] (``Config.image_normalization``).
+
+    ``invert_bright``: an image whose mean over all pixels and channels is above 0.5 becomes
+    ``1 - image`` first (objects bright on a dark background in every image). ``mode="fixed"``:
+    ``(x - mean) / std`` with the config's ``[C]`` values; ``"per_image"``: ``(x - m) / max(s, 0.01)``
+    with the image's own per-channel mean ``m`` and standard deviation ``s``. Written with tensor
+    ops only (no Python branch on values), so tracing and ONNX export keep the rule.
+    """
+    if invert_bright:
+        image = torch.where(image.mean() > 0.5, 1.0 - image, image)
+    if mode == "per_image":
+        m = image.mean(dim=(1, 2), keepdim=True)
+        s = image.std(dim=(1, 2), keepdim=True, correction=0).clamp_min(MIN_IMAGE_STD)
+        return (image - m) / s
+    return normalize(image, mean, std)
 
 
 def resize_minmax(image: Tensor, min_dim: int, max_dim: int) -> Tensor:
