@@ -303,6 +303,7 @@ def test_sample_follows_the_contract():
     assert t["boxes"].tolist() == [[7.0, 19.0, 38.0, 57.0], [45.0, 27.0, 90.0, 72.0]]
     assert np.array_equal(t["boxes"].numpy(), boxes_from_masks(t["masks"].numpy()))
     assert t["image_id"] == 0 and t["orig_size"] == (48, 64)
+    assert t["window"] == (12, 0, 84, 96)  # the real pixels, for per-image normalisation in the model
     assert t["ignore"].dtype == torch.bool and t["ignore"].shape == (96, 96)
     assert t["ignore"].sum() == 15 * 21  # rows 12..27, cols 75..96 of the resized image
 

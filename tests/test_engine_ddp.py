@@ -81,3 +81,57 @@ def test_two_gloo_processes_match_each_other_and_a_single_process(tmp_path: Path
         moved += int(not torch.equal(make_model(use_rng=False).state_dict()[k], sd[k]))
     assert moved >= 10  # training changed the weights (the comparison is not between two initial models)
     assert info[0]["val"] == pytest.approx([h["loss"] for h in single.history], rel=1e-4)
+
+
+BUDGET_SCRIPT = textwrap.dedent("""
+    import json, os, sys, time
+    import torch
+    sys.path.insert(0, {tests!r})
+    from safetensors.torch import save_file
+    from test_engine import StubModel, StubSamples, read_jsonl, tiny_config
+    from maskrcnn.engine import train
+
+    torch.set_num_threads(1)
+    out, rank = sys.argv[1], int(os.environ["RANK"])
+    now = [1000.0]
+    time.perf_counter = lambda: now[0]  # a fake clock: rank 0's steps take 1 s, rank 1's 3 s
+
+    class Ticking(StubModel):
+        def forward(self, images, targets=None):
+            if self.training:
+                now[0] += 1.0 if rank == 0 else 3.0
+            return super().forward(images, targets)
+
+    torch.manual_seed(0)
+    model = Ticking(use_rng=False)
+    cfg = tiny_config(max_train_minutes=10.5 / 60, epochs=5, lr_schedule="cosine", warmup_iters=0,
+                      learning_rate=0.02, base_batch_size=4)
+    result = train(cfg, StubSamples(80), None, out_dir=out, run_dir=os.path.join(out, "run"), model=model,
+                   progress=False, tensorboard=False, evaluate_fn=None, log_every=1, device="cpu")
+    save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, os.path.join(out, f"rank{{rank}}.safetensors"))
+    with open(os.path.join(out, f"rank{{rank}}.json"), "w") as fh:
+        json.dump({{"steps": result.global_step, "reached": result.budget_reached}}, fh)
+""")
+
+
+def test_time_budget_is_decided_by_rank_zero(tmp_path: Path) -> None:
+    """Ranks whose clocks disagree (one 3x slower) still stop at the same step, rank 0's, with one schedule."""
+    import math
+
+    script = tmp_path / "ddp_budget.py"
+    script.write_text(BUDGET_SCRIPT.format(tests=str(TESTS)))
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+         str(script), str(out)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # rank 0 (1 s per step) fits 10 steps into 10.5 s; rank 1 alone would have stopped after 3
+    assert info[0] == info[1] == {"steps": 10, "reached": True}
+    w0, w1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    lrs = [r["lr"] for r in read_jsonl(out / "run" / "metrics.jsonl") if r.get("type") == "train"]
+    assert lrs == pytest.approx([0.02 * 0.5 * (1 + math.cos(math.pi * s / 10)) for s in range(10)], rel=1e-9)

@@ -246,3 +246,47 @@ def test_per_image_normalization_ignores_exposure():
     rgb = photo(64, 80).astype(np.float32) / 255
     det = predictor.detect(rgb)[0]
     assert_same(predictor.detect(rgb * 0.5 + 0.2)[0], det, exact=False)
+
+
+def test_padding_does_not_change_per_image_normalization():
+    """Statistics and inversion use the window of real pixels; padding is neutral (0 after per_image)."""
+    from maskrcnn.modeling.transform import normalize_input
+
+    g = torch.Generator().manual_seed(1)
+    real = 0.6 + 0.4 * torch.rand(3, 12, 16, generator=g)  # bright: inverted
+    padded = torch.zeros(3, 20, 16)
+    padded[:, 4:16] = real
+    mean, std = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.25, 0.3])
+    for mode in ("per_image", "fixed"):
+        out = normalize_input(padded, mean, std, mode, True, window=(4, 0, 16, 16))
+        assert torch.allclose(out[:, 4:16], normalize_input(real, mean, std, mode, True), atol=1e-6)
+        pad_value = torch.zeros(3) if mode == "per_image" else -mean / std  # as without the options
+        assert torch.allclose(out[:, :4], pad_value[:, None, None].expand(3, 4, 16))
+    # a window covering the whole image changes nothing
+    assert torch.equal(normalize_input(real, mean, std, "per_image", True, window=(0, 0, 12, 16)),
+                       normalize_input(real, mean, std, "per_image", True))
+
+
+def test_pad64_predictions_do_not_depend_on_padding():
+    """pad64 upscales a 60x50 image to 77x64 and pads it to 128x64: per-image statistics come from
+    the 77x64 window only and the padding enters the network as 0 (the image mean)."""
+    model = biased_model(image_normalization="per_image", invert_bright_images=True, image_resize_mode="pad64",
+                         image_min_dim=64, image_max_dim=128)
+    predictor = Predictor(model, device="cpu")
+    seen = []
+    hook = model.backbone.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    image = photo(60, 50, "coffee")
+    predictor.detect(image)
+    hook.remove()
+    (batch,) = seen
+    from maskrcnn.data.pipeline import prepare_for_inference
+
+    tensor, info = prepare_for_inference(image, model.config)
+    y1, x1, y2, x2 = info.window
+    assert (y1, x1, y2, x2) == (25, 0, 102, 64) and tuple(tensor.shape[-2:]) == (128, 64)
+    inside = batch[0, :, y1:y2, x1:x2]
+    assert torch.allclose(inside.mean(dim=(1, 2)), torch.zeros(3), atol=1e-5)  # stats of the real pixels only
+    assert torch.allclose(inside.std(dim=(1, 2), correction=0), torch.ones(3), atol=1e-4)
+    outside = torch.ones(tensor.shape[-2:], dtype=torch.bool)
+    outside[y1:y2, x1:x2] = False
+    assert batch[0][:, outside].abs().max() == 0  # padding stays at the (normalised) image mean

@@ -117,7 +117,8 @@ class TrainingDataset(torch.utils.data.Dataset):
     Items: ``(image float32 [C, H, W] in [0, 1], target)`` with ``target`` = ``boxes`` float32
     ``[N, 4]`` xyxy, ``labels`` int64 ``[N]``, ``masks`` uint8 ``[N, H, W]`` (or ``[N, mh, mw]``
     mini-masks, see :mod:`maskrcnn.data.minimask`), ``ignore`` bool ``[H, W]`` (only when the
-    dataset has one), ``image_id`` int, ``orig_size`` ``(H, W)`` before resizing.
+    dataset has one), ``image_id`` int, ``orig_size`` ``(H, W)`` before resizing, ``window``
+    ``(y1, x1, y2, x2)`` of the real (non-padding) pixels.
     """
 
     def __init__(self, dataset: Dataset, config: Config, train: bool = True, seed: int = 0,
@@ -215,6 +216,7 @@ class TrainingDataset(torch.utils.data.Dataset):
             "masks": torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8)),
             "image_id": image_id,
             "orig_size": orig_size,
+            "window": tuple(int(v) for v in sample.full_window()),
         }
         if sample.ignore is not None:
             target["ignore"] = torch.from_numpy(np.ascontiguousarray(sample.ignore, dtype=bool))

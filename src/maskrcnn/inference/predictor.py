@@ -244,7 +244,7 @@ class Predictor:
             prepared = [prepare_for_inference(a, cfg) for a, _ in batch]
             tensors = [t.to(self.device) for t, _ in prepared]
             raw = self.model.detect_tensors(tensors, [tuple(t.shape[-2:]) for t in tensors], resize=False,
-                                            score_threshold=score_threshold)
+                                            score_threshold=score_threshold, windows=[i.window for _, i in prepared])
             for r, (_, info) in zip(raw, prepared):
                 r["boxes"] = torch.as_tensor(info.boxes_to_original(r["boxes"].cpu().numpy()), device=self.device)
         out = []

@@ -43,18 +43,21 @@ class MaskRCNN(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std, dtype=torch.float32), persistent=False)
 
     # ------------------------------------------------------------------ input
-    def preprocess(self, images: list[Tensor], resize: bool) -> tuple[Tensor, list[tuple[int, int]]]:
+    def preprocess(self, images: list[Tensor], resize: bool,
+                   windows: list[tuple[int, int, int, int] | None] | None = None) -> tuple[Tensor, list[tuple[int, int]]]:
         """Normalise (and, for inference, resize) each image and pad them into one batch.
 
+        ``windows``: per image the ``(y1, x1, y2, x2)`` of its real pixels when the data pipeline
+        zero-padded it (``square`` / ``pad64``), or None; see :func:`normalize_input`.
         Returns the batch ``[B, C, H, W]`` and each image's size inside it.
         """
         c = self.config
         out = []
-        for img in images:
+        for k, img in enumerate(images):
             if img.dim() != 3 or img.shape[0] != c.image_channel_count:
                 raise ValueError(f"expected images [C={c.image_channel_count}, H, W], got {tuple(img.shape)}")
             img = normalize_input(img, self.pixel_mean.to(img.dtype), self.pixel_std.to(img.dtype),
-                                  c.image_normalization, c.invert_bright_images)
+                                  c.image_normalization, c.invert_bright_images, None if windows is None else windows[k])
             if resize:
                 if c.image_resize_mode != "minmax":
                     raise NotImplementedError("model-side resizing supports minmax; use maskrcnn.data.resize for other modes")
@@ -67,7 +70,7 @@ class MaskRCNN(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("training mode needs targets; call model.eval() for inference")
-            batch, sizes = self.preprocess(images, resize=False)
+            batch, sizes = self.preprocess(images, resize=False, windows=[t.get("window") for t in targets])
             feats = self.backbone(batch)
             proposals, rpn_losses = self.rpn(feats, tuple(batch.shape[-2:]), sizes, targets)
             _, head_losses = self.roi_heads(feats, proposals, sizes, targets)
@@ -77,13 +80,15 @@ class MaskRCNN(nn.Module):
 
     @torch.no_grad()
     def detect_tensors(self, images: list[Tensor], original_sizes: list[tuple[int, int]],
-                       resize: bool = True, score_threshold: float | None = None) -> list[dict[str, Tensor]]:
+                       resize: bool = True, score_threshold: float | None = None,
+                       windows: list[tuple[int, int, int, int] | None] | None = None) -> list[dict[str, Tensor]]:
         """Detect on ``[C, H, W]`` images in [0, 1]. With ``resize`` the model applies the minmax resize
         and maps boxes back to ``original_sizes``; without, images are used as given (already resized
         by :func:`maskrcnn.data.pipeline.prepare_for_inference`) and boxes stay in their coordinates.
         ``score_threshold`` drops detections below it before the mask head runs (masks are only
-        computed for what is returned; the rest is unchanged)."""
-        batch, sizes = self.preprocess(images, resize=resize)
+        computed for what is returned; the rest is unchanged). ``windows``: the real pixels of
+        zero-padded images (:meth:`preprocess`)."""
+        batch, sizes = self.preprocess(images, resize=resize, windows=windows)
         feats = self.backbone(batch)
         proposals, _ = self.rpn(feats, tuple(batch.shape[-2:]), sizes)
         results = self.roi_heads.detect(feats, proposals, sizes, score_threshold=score_threshold)

@@ -26,15 +26,29 @@ def normalize(image: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 MIN_IMAGE_STD = 1e-2
 
 
-def normalize_input(image: Tensor, mean: Tensor, std: Tensor, mode: str = "fixed", invert_bright: bool = False) -> Tensor:
+def normalize_input(image: Tensor, mean: Tensor, std: Tensor, mode: str = "fixed", invert_bright: bool = False,
+                    window: tuple[int, int, int, int] | None = None) -> Tensor:
     """The network input of one image ``[C, H, W]`` in [0, 1] (``Config.image_normalization``).
 
     ``invert_bright``: an image whose mean over all pixels and channels is above 0.5 becomes
     ``1 - image`` first (objects bright on a dark background in every image). ``mode="fixed"``:
     ``(x - mean) / std`` with the config's ``[C]`` values; ``"per_image"``: ``(x - m) / max(s, 0.01)``
-    with the image's own per-channel mean ``m`` and standard deviation ``s``. Written with tensor
+    with the image's own per-channel mean ``m`` and standard deviation ``s``. "Image" is what the
+    network is given: the training crop in ``crop`` mode, the whole image at inference, each tile
+    in tiled inference (crop-trained models see the same kind of statistics). Written with tensor
     ops only (no Python branch on values), so tracing and ONNX export keep the rule.
+
+    ``window`` ``(y1, x1, y2, x2)``: the real pixels of an image zero-padded by the ``square`` /
+    ``pad64`` resize modes. Statistics and the inversion then use the window only, and padding
+    stays what it is without them: 0 after ``per_image`` (the image mean), ``(0 - mean) / std``
+    after ``fixed`` (Matterport's convention), so padding never changes the result.
     """
+    if window is not None and (mode == "per_image" or invert_bright):
+        y1, x1, y2, x2 = (int(v) for v in window)
+        if (y1, x1, y2, x2) != (0, 0, image.shape[-2], image.shape[-1]):
+            out = torch.zeros_like(image) if mode == "per_image" else normalize(torch.zeros_like(image), mean, std)
+            out[:, y1:y2, x1:x2] = normalize_input(image[:, y1:y2, x1:x2], mean, std, mode, invert_bright)
+            return out
     if invert_bright:
         image = torch.where(image.mean() > 0.5, 1.0 - image, image)
     if mode == "per_image":
