@@ -8,7 +8,8 @@ evaluates on ``val/`` (32 images) with the same metric code (:class:`maskrcnn.ev
 COCO mask AP / AP50 / AP75, box AP, and the DSB 2018 score on predictions with score >= 0.5):
 
 * ``ours``: this project's model and trainer (:func:`maskrcnn.engine.Trainer`) with the shipped
-  ``nuclei`` preset (``maskrcnn/configs/nuclei.yaml``: ResNet-18 at half width, AdamW), evaluated by
+  ``nuclei`` preset (``maskrcnn/configs/nuclei.yaml``: ResNet-18 at half width, AdamW, per-image
+  normalisation with bright images inverted), evaluated by
   :func:`maskrcnn.evaluation.evaluate_model` (the ``maskrcnn evaluate`` path).
 * ``peer``: torchvision's recipe as its reference scripts run it: ``maskrcnn_resnet50_fpn(weights=None,
   weights_backbone=None, num_classes=2)`` with the ResNet depth of ours (:func:`build_peer`) (BatchNorm trained, as torchvision builds it without

@@ -42,18 +42,23 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_two_gloo_processes_match_each_other_and_a_single_process(tmp_path: Path) -> None:
-    settings = {"epochs": 2, "images_per_gpu": 2, "repeat_factor_threshold": None}
-    script = tmp_path / "ddp_train.py"
-    script.write_text(SCRIPT.format(tests=str(TESTS)))
-    out = tmp_path / "ddp"
+def torchrun_two(tmp_path: Path, script_text: str, *args: str) -> None:
+    """Run ``script_text`` (formatted with ``tests``) in two gloo processes under torchrun; both must succeed."""
+    script = tmp_path / "ddp_script.py"
+    script.write_text(script_text.format(tests=str(TESTS)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent / "src")}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
-         str(script), str(out), json.dumps(settings)],
+         str(script), *args],
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_two_gloo_processes_match_each_other_and_a_single_process(tmp_path: Path) -> None:
+    settings = {"epochs": 2, "images_per_gpu": 2, "repeat_factor_threshold": None}
+    out = tmp_path / "ddp"
+    torchrun_two(tmp_path, SCRIPT, str(out), json.dumps(settings))
     w0, w1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
@@ -118,16 +123,8 @@ def test_time_budget_is_decided_by_rank_zero(tmp_path: Path) -> None:
     """Ranks whose clocks disagree (one 3x slower) still stop at the same step, rank 0's, with one schedule."""
     import math
 
-    script = tmp_path / "ddp_budget.py"
-    script.write_text(BUDGET_SCRIPT.format(tests=str(TESTS)))
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent / "src")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
-         str(script), str(out)],
-        capture_output=True, text=True, timeout=300, env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_two(tmp_path, BUDGET_SCRIPT, str(out))
     info = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     # rank 0 (1 s per step) fits 10 steps into 10.5 s; rank 1 alone would have stopped after 3
     assert info[0] == info[1] == {"steps": 10, "reached": True}
