@@ -10,7 +10,8 @@ Conventions used throughout the project:
 * Boxes are ``(x1, y1, x2, y2)`` in pixels, float, x2/y2 exclusive-edge coordinates as in
   torchvision (a box covering pixel columns 0..9 is ``x1=0, x2=10``).
 * Images enter the network as float ``[C, H, W]`` in ``[0, 1]`` (8-bit divided by 255, 16-bit
-  by 65535), normalised by ``(x - pixel_mean) / pixel_std`` per channel.
+  by 65535), normalised by ``(x - pixel_mean) / pixel_std`` per channel (or per image, see
+  ``image_normalization`` and ``invert_bright_images``).
 * Class id 0 is background; ``num_classes`` counts it (Matterport's ``NUM_CLASSES``).
 
 Inconsistent settings raise :class:`ConfigError` before anything runs, naming the field and the

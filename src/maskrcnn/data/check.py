@@ -42,6 +42,7 @@ import numpy as np
 from ..config import Config
 from ..errors import MaskRCNNError
 from .dataset import Dataset
+from .images import intensity_scale
 
 __all__ = ["CheckOptions", "Finding", "Report", "check_dataset", "resize_geometry"]
 
@@ -425,8 +426,8 @@ class _State:
         self.sizes[(w, h)] += 1
         self.channels[c] += 1
         self.dtypes[str(image.dtype)] += 1
-        scale = {"uint8": 255.0, "uint16": 65535.0}.get(str(image.dtype), 1.0)
-        mean = float(image.mean(dtype=np.float64)) / scale
+        scale = intensity_scale(image.dtype)
+        mean = float(image.mean(dtype=np.float64)) / scale if scale else 0.5  # unsupported types: neither
         if mean > 0.6:  # clearly bright or clearly dark; mid-grey images count as neither
             self.bright.append(image_id)
         elif mean < 0.4:

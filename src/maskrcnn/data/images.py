@@ -38,6 +38,7 @@ __all__ = [
     "read_image",
     "decode_image",
     "image_size",
+    "intensity_scale",
     "to_float_tensor",
     "check_channels",
     "read_label_image",
@@ -114,6 +115,18 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
+def intensity_scale(dtype: np.dtype) -> float | None:
+    """What pixels of ``dtype`` are divided by to lie in ``[0, 1]``: 255 (uint8), 65535 (uint16),
+    1 (bool, float); None for other types (not supported as images)."""
+    if dtype == np.uint8:
+        return 255.0
+    if dtype == np.uint16:
+        return 65535.0
+    if dtype == np.bool_ or np.issubdtype(dtype, np.floating):
+        return 1.0
+    return None
+
+
 def to_float_tensor(arr: np.ndarray) -> "torch.Tensor":
     """``[H, W, C]`` (or ``[H, W]``) image -> float32 tensor ``[C, H, W]`` in ``[0, 1]``.
 
@@ -124,13 +137,8 @@ def to_float_tensor(arr: np.ndarray) -> "torch.Tensor":
         arr = arr[:, :, None]
     if arr.ndim != 3:
         raise DataError(f"expected an image of shape [H, W, C], got shape {tuple(arr.shape)}")
-    if arr.dtype == np.uint8:
-        scale = 255.0
-    elif arr.dtype == np.uint16:
-        scale = 65535.0
-    elif arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.floating):
-        scale = 1.0
-    else:
+    scale = intensity_scale(arr.dtype)
+    if scale is None:
         raise DataError(f"unsupported image pixel type {arr.dtype}; use uint8, uint16 or float images")
     import torch
 
