@@ -74,7 +74,12 @@ def _compare(tv_model: torch.nn.Module, predictor: maskrcnn.inference.predictor.
     dets = predictor.detect(_photos())
     for r, d in zip(ref, dets):
         assert d.masks.shape == (len(r["boxes"]),) + tuple(r["masks"].shape[-2:])
-        assert np.array_equal(d.masks, (r["masks"][:, 0] >= 0.5).numpy())
+        probs = r["masks"][:, 0].numpy()
+        # pixels may differ only where the reference probability is within the 1e-4 tolerance of 0.5
+        # (the two implementations round differently, and which way depends on the CPU's kernels)
+        differ = d.masks != (probs >= 0.5)
+        assert not differ[np.abs(probs - 0.5) > 1e-4].any()
+        assert differ.sum() <= 1e-4 * differ.size
         np.testing.assert_allclose(d.boxes, r["boxes"].numpy(), atol=1e-4)
 
 
