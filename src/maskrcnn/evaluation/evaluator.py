@@ -20,6 +20,11 @@ The report (a dict; ``maskrcnn.evaluation.report.write_report`` saves it):
 * ``confusion_matrix``: :class:`maskrcnn.evaluation.confusion.ConfusionMatrix` on predictions
   with score >= ``score_threshold``; ``labels[0]`` is "background", rows ground truth.
 
+* ``ignored_predictions``: predictions of classes that are not ground-truth categories (not scored);
+  ``class_match`` (with ``class_names`` or ``class_match``): how model classes were paired with
+  categories, the model classes that are not in the ground truth and their dropped predictions
+  (:meth:`maskrcnn.evaluation.classes.ClassMatch.summary`).
+
 Mask metrics (VOC, DSB, confusion) need masks, so they are ``None`` when ``iou_types`` has no
 ``"segm"``.
 """
@@ -32,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from .classes import ClassMatch, gt_categories, match_classes
 from .coco import IOU_TYPES, _category_names, evaluate_coco, prepare_ground_truth
 from .common import EvaluationError, ann_to_rle, decode_rle, masks_to_rles, rle_iou
 from .confusion import ConfusionMatrix
@@ -65,18 +71,24 @@ class Evaluator:
         score_threshold: float = 0.5,
         iou_threshold: float = 0.5,
         backend: str = "auto",
+        class_match: ClassMatch | None = None,
     ) -> None:
         """
         Args:
             gt_coco: COCO ground-truth dict (``maskrcnn.data.convert.dataset_to_coco``).
             class_names: the model's class names indexed by class id, ``class_names[0]`` being
                 the background (``Dataset.class_names``); ids given to :meth:`add_arrays` are
-                mapped to ground-truth categories by name. ``None``: class ids are category ids.
+                mapped to ground-truth categories by id where names agree, else by name
+                (:func:`maskrcnn.evaluation.classes.match_classes`; every category needs a class).
+                ``None``: class ids are category ids.
             iou_types: COCO IoU types to evaluate (``"bbox"``, ``"segm"``).
             score_threshold: minimum score of the predictions counted by the DSB score and the
                 confusion matrix (COCO AP and VOC AP use all predictions).
             iou_threshold: mask IoU that makes a match in the confusion matrix.
             backend: COCO backend, see :func:`maskrcnn.evaluation.coco.evaluate_coco`.
+            class_match: instead of ``class_names``, a pairing already made (e.g. by
+                :func:`maskrcnn.evaluation.run.evaluate_model` against a dataset's own category
+                ids); its category keys must be the ground truth's category ids.
         """
         self._gt = prepare_ground_truth(gt_coco)
         self.iou_types = tuple(iou_types)
@@ -90,21 +102,14 @@ class Evaluator:
         self._cat_ids = sorted(c["id"] for c in self._gt["categories"])
         self._cat_label = {c: k + 1 for k, c in enumerate(self._cat_ids)}
         self._names = _category_names(self._gt["categories"])
-        self._class_to_cat = self._map_classes(class_names)
+        self._match = class_match if class_match is not None else self._map_classes(class_names)
         self._results: dict[Any, list[dict[str, Any]]] = {}
         self._ignored = 0
 
-    def _map_classes(self, class_names: Sequence[str] | None) -> dict[int, Any] | None:
+    def _map_classes(self, class_names: Sequence[str] | None) -> ClassMatch | None:
         if class_names is None:
             return None
-        by_name = {str(c["name"]): c["id"] for c in self._gt["categories"]}
-        mapping = {i: by_name[str(n)] for i, n in enumerate(class_names) if i > 0 and str(n) in by_name}
-        if not mapping:
-            raise EvaluationError(
-                f"class_names: none of {list(class_names)[1:6]} is a ground-truth category ({', '.join(by_name)}); "
-                "pass the model's class names with the background first"
-            )
-        return mapping
+        return match_classes(list(class_names), gt_categories(self._gt), model="class_names", data="the ground truth")
 
     # ------------------------------------------------------------------------------- input
     def add(self, image_id: Any, results: Iterable[dict[str, Any]]) -> None:
@@ -175,19 +180,18 @@ class Evaluator:
                 f"add_arrays: masks of image {image_id!r} are {masks.shape[1]}x{masks.shape[2]} but the image is "
                 f"{img['height']}x{img['width']}; paste masks at the original image size"
             )
+        if self._match is not None:
+            keep, cats = self._match.select(class_ids)
+            self._ignored += int((~keep).sum())
+            boxes, scores, masks, class_ids = boxes[keep], scores[keep], masks[keep], cats
         rles = masks_to_rles(masks)
         results = []
-        for k in range(n):
-            cid = int(class_ids[k])
-            cat = cid if self._class_to_cat is None else self._class_to_cat.get(cid, None)
-            if cat is None:
-                self._ignored += 1
-                continue
+        for k in range(len(boxes)):
             x1, y1, x2, y2 = (float(v) for v in boxes[k])
             results.append(
                 {
                     "image_id": image_id,
-                    "category_id": cat,
+                    "category_id": int(class_ids[k]),
                     "bbox": [x1, y1, x2 - x1, y2 - y1],
                     "score": float(scores[k]),
                     "segmentation": rles[k],
@@ -211,6 +215,8 @@ class Evaluator:
             "dsb_score": None,
             "confusion_matrix": None,
         }
+        if self._match is not None:
+            report["class_match"] = self._match.summary()
         if "segm" in self.iou_types:
             report.update(self._mask_metrics())
         return report
