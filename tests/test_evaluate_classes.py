@@ -38,7 +38,8 @@ def test_same_ids_and_names_pair_by_id_and_other_model_classes_are_unscored():
     assert keep.tolist() == [True, False, True, False, True] and keys.tolist() == [2, 4, 2]
     summary = m.summary()
     assert summary["dropped_predictions"] == {"car": 1, "class 12": 1}
-    assert describe_match(summary).startswith("classes: 4 matched by id; 76 model classes are not in the data: their 2 predictions")
+    assert describe_match(summary) == ("classes: 4 matched by id; 76 model classes are not in the data; 2 predictions of "
+                                       "classes not in the data were not scored (car 1, class 12 1)")
 
 
 def test_shifted_ids_pair_by_name_and_agreeing_ids_stay_by_id():

@@ -82,7 +82,8 @@ class ClassMatch:
 
 def describe_match(summary: dict[str, Any]) -> str:
     """One console line from :meth:`ClassMatch.summary`, e.g.
-    ``classes: 3 matched by id; 77 model classes are not in the data: their 12 predictions were not scored (car 5, ...)``."""
+    ``classes: 3 matched by id; 77 model classes are not in the data; 12 predictions of classes not in the
+    data were not scored (car 5, ...)``."""
     ways = Counter(p["by"] for p in summary["pairs"])
     line = "classes: " + ", ".join(f"{n} matched by {way}" for way, n in sorted(ways.items()))
     unscored, dropped = summary["unscored_model_classes"], summary["dropped_predictions"]
@@ -91,7 +92,7 @@ def describe_match(summary: dict[str, Any]) -> str:
     if dropped:
         top = sorted(dropped.items(), key=lambda kv: -kv[1])
         shown = ", ".join(f"{name} {n}" for name, n in top[:_SHOW]) + (", ..." if len(top) > _SHOW else "")
-        line += f": their {sum(dropped.values())} predictions were not scored ({shown})"
+        line += f"; {sum(dropped.values())} predictions of classes not in the data were not scored ({shown})"
     return line
 
 
