@@ -71,8 +71,8 @@ def child(variant: str, size: int, steps: int, threads: int, weights: str, out: 
         model = MaskRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91,
                          min_size=size, max_size=10_000)
         model.load_state_dict(sd)
-        names = {"loss_objectness": "rpn_class", "loss_rpn_box_reg": "rpn_bbox", "loss_classifier": "mrcnn_class",
-                 "loss_box_reg": "mrcnn_bbox", "loss_mask": "mrcnn_mask"}
+        names = {"loss_objectness": "loss_rpn_class", "loss_rpn_box_reg": "loss_rpn_bbox", "loss_classifier": "loss_mrcnn_class",
+                 "loss_box_reg": "loss_mrcnn_bbox", "loss_mask": "loss_mrcnn_mask"}
     else:
         from maskrcnn import Config
         from maskrcnn.engine.optim import select_trainable

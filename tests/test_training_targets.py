@@ -9,6 +9,7 @@ from torchvision.models.detection.roi_heads import project_masks_on_boxes
 from maskrcnn import Config
 from maskrcnn.data.minimask import minimize_masks
 from maskrcnn.modeling import build_model
+from maskrcnn.modeling.mask_head import mask_targets
 from maskrcnn.modeling.regions import box_ignore_fraction
 
 
@@ -29,8 +30,7 @@ def _scene():
 
 def test_cropped_mask_targets_equal_full_image_roialign():
     masks, boxes, rois, matched = _scene()
-    model = build_model(Config(backbone="resnet18", num_classes=3))
-    ours = model.roi_heads.mask_targets(rois, matched, {"masks": masks, "boxes": boxes}, 28)
+    ours = mask_targets(rois, matched, masks, boxes, 28)
     ref = project_masks_on_boxes(masks, rois, matched, 28)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
 
@@ -38,10 +38,7 @@ def test_cropped_mask_targets_equal_full_image_roialign():
 def test_mini_mask_targets_close_to_full_masks():
     masks, boxes, rois, matched = _scene()
     mini = torch.as_tensor(minimize_masks(masks.numpy(), boxes.numpy(), (56, 56)))
-    model = build_model(Config(backbone="resnet18", num_classes=3, use_mini_mask=True))
-    ours = model.roi_heads.mask_targets(rois, matched, {"mini_masks": mini, "boxes": boxes}, 28)
-    # the pipeline's contract: with use_mini_mask, target["masks"] holds the mini-masks
-    torch.testing.assert_close(model.roi_heads.mask_targets(rois, matched, {"masks": mini, "boxes": boxes}, 28), ours)
+    ours = mask_targets(rois, matched, mini, boxes, 28, mini_masks=True)
     ref = project_masks_on_boxes(masks, rois, matched, 28)
     iou = ((ours >= 0.5) & (ref >= 0.5)).sum((1, 2)) / ((ours >= 0.5) | (ref >= 0.5)).sum((1, 2))
     assert iou.min() > 0.85, iou
@@ -79,8 +76,9 @@ def test_losses_equal_torchvision_for_same_weights_and_sampling():
     torch.manual_seed(7)
     torch.empty(1).uniform_(0.0, 1.0)  # torchvision's training resize draws its min size first
     got = ours([img], [dict(target)])
-    names = {"rpn_class": "loss_objectness", "rpn_bbox": "loss_rpn_box_reg", "mrcnn_class": "loss_classifier",
-             "mrcnn_bbox": "loss_box_reg", "mrcnn_mask": "loss_mask"}
+    names = {"loss_rpn_class": "loss_objectness", "loss_rpn_bbox": "loss_rpn_box_reg", "loss_mrcnn_class": "loss_classifier",
+             "loss_mrcnn_bbox": "loss_box_reg", "loss_mrcnn_mask": "loss_mask"}
+    assert set(got) == set(names)
     for k, tk in names.items():
         torch.testing.assert_close(got[k], ref[tk], atol=1e-4, rtol=1e-4, msg=k)
     assert all(v > 0 for v in got.values())
@@ -96,11 +94,12 @@ def test_mini_mask_training_through_the_pipeline_gives_correct_targets():
     full = TrainingDataset(ds, cfg, train=False)[0][1]
     mini = TrainingDataset(ds, cfg.replace(use_mini_mask=True, mini_mask_shape=[64, 64]), train=False)[0][1]
     assert mini["masks"].shape[-2:] == (64, 64)
-    m_full = build_model(cfg).roi_heads
-    m_mini = build_model(cfg.replace(use_mini_mask=True, mini_mask_shape=[64, 64])).roi_heads
+    p_full = build_model(cfg).roi_heads.mask_predictor
+    p_mini = build_model(cfg.replace(use_mini_mask=True, mini_mask_shape=[64, 64])).roi_heads.mask_predictor
+    assert (p_full.mini_masks, p_mini.mini_masks) == (False, True)  # build_model passes use_mini_mask to the head
     matched = torch.arange(len(full["boxes"]))
     rois = full["boxes"] + 1.0
-    a = m_full.mask_targets(rois, matched, full, 28)
-    b = m_mini.mask_targets(rois, matched, mini, 28)
+    a = mask_targets(rois, matched, full["masks"], full["boxes"], 28, p_full.mini_masks)
+    b = mask_targets(rois, matched, mini["masks"], mini["boxes"], 28, p_mini.mini_masks)
     iou = ((a >= 0.5) & (b >= 0.5)).sum((1, 2)) / ((a >= 0.5) | (b >= 0.5)).sum((1, 2)).clamp(min=1)
     assert iou.min() > 0.85, iou

@@ -145,7 +145,7 @@ class Config(BaseModel):
     amp: Literal["none", "bf16", "fp16", "auto"] = _f("none", "Mixed precision: bf16 autocast (CPU or CUDA), fp16 with a grad scaler (CUDA), auto picks.")
     loss_weights: dict[str, float] = _f(
         {"rpn_class": 1.0, "rpn_bbox": 1.0, "mrcnn_class": 1.0, "mrcnn_bbox": 1.0, "mrcnn_mask": 1.0},
-        "Weight of each loss term (Matterport LOSS_WEIGHTS).",
+        "Weight of each loss term (Matterport LOSS_WEIGHTS); each head applies its own, and the model returns loss_<term>.",
     )
     class_loss_weights: list[float] | None = _f(None, "Per-class weights of the classification and mask losses (length num_classes).")
     repeat_factor_threshold: float | None = _f(None, "LVIS repeat-factor sampling threshold t (e.g. 0.001); None disables.")

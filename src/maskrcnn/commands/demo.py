@@ -318,7 +318,7 @@ def train_lean(model: Any, config: Any, samples: list, *, budget_s: float, optim
 
     The learning-rate schedule runs on ``progress = max(step / total_steps, elapsed / budget_s)``,
     so it completes (warmup, then ``config.lr_schedule``) whichever limit is reached first.
-    Losses are weighted with ``config.loss_weights``; the gradient norm is clipped at
+    Losses are weighted with ``config.loss_weights`` by the model's heads; the gradient norm is clipped at
     ``config.gradient_clip_norm``; flips with probability ``config.aug_hflip``. ``threads=None``
     tunes the torch thread count while training (:class:`ThreadTuner`).
     """
@@ -327,7 +327,7 @@ def train_lean(model: Any, config: Any, samples: list, *, budget_s: float, optim
 
     from ..engine.guard import NonFiniteLossError
     from ..engine.optim import select_trainable, set_train_mode
-    from ..engine.trainer import LOSS_TERMS
+    from ..engine.trainer import LOSS_TERMS, unprefixed
 
     c = config
     torch.manual_seed(c.seed)
@@ -337,7 +337,7 @@ def train_lean(model: Any, config: Any, samples: list, *, budget_s: float, optim
     opt = build_optimizer(model, c, optimizer)
     base_lrs = [g["lr"] for g in opt.param_groups]
     params = [p for p in model.parameters() if p.requires_grad]
-    weights = torch.tensor([c.loss_weights[k] for k in LOSS_TERMS])
+    weights = torch.ones(len(LOSS_TERMS))  # the heads apply Config.loss_weights
     bs = c.images_per_gpu
     n = len(samples)
     steps_per_epoch = max(1, math.ceil(n / bs))
@@ -392,7 +392,7 @@ def train_lean(model: Any, config: Any, samples: list, *, budget_s: float, optim
                     image, target = _hflip(image, target)
                 images.append(image)
                 targets.append(target)
-            losses = model(images, targets)
+            losses = unprefixed(model(images, targets))
             terms = torch.stack([losses[k].float() for k in LOSS_TERMS])
             total = (terms * weights).sum()
             if not torch.isfinite(total):

@@ -528,7 +528,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     from ..modeling import build_model
     from .optim import build_optimizer, select_trainable, set_train_mode
     from .runtime import resolve_amp
-    from .trainer import LOSS_TERMS
+    from .trainer import LOSS_TERMS, unprefixed
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
@@ -562,7 +562,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     trainable = sum(p.numel() * p.element_size() for p in params)
     optimizer = build_optimizer(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    weights = torch.tensor([config.loss_weights[k] for k in LOSS_TERMS], device=device)
+    weights = torch.ones(len(LOSS_TERMS), device=device)  # the heads apply Config.loss_weights
     if cuda:
         torch.cuda.synchronize(device)
         model_bytes = torch.cuda.memory_allocated(device) - base
@@ -609,7 +609,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             images = [im.to(device) for im in b.images]
             targets = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in b.targets]
             with autocast():
-                losses = model(images, targets)
+                losses = unprefixed(model(images, targets))
             total = (torch.stack([losses[k].float() for k in LOSS_TERMS]) * weights).sum()
             scaler.scale(total / micro).backward()
             del images, targets, losses, total

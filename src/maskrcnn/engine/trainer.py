@@ -64,6 +64,12 @@ __all__ = ["LOSS_TERMS", "TrainResult", "Trainer", "train", "EvaluateFn"]
 #: The model's loss terms, in logging order.
 LOSS_TERMS: tuple[str, ...] = ("rpn_class", "rpn_bbox", "mrcnn_class", "mrcnn_bbox", "mrcnn_mask")
 
+
+def unprefixed(losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's ``loss_*`` terms (already weighted by its heads) under the names in :data:`LOSS_TERMS`.
+    (Transitional: the loop is being changed to sum and log whatever ``loss_*`` keys the model returns.)"""
+    return {k.removeprefix("loss_"): v for k, v in losses.items()}
+
 #: ``evaluate_fn(model, val_dataset) -> {"mask_ap": ..., ...}``, called on rank 0 after each validation.
 EvaluateFn = Callable[[nn.Module, Any], dict[str, float]]
 
@@ -541,7 +547,7 @@ class Trainer:
         """One optimizer step over ``micro`` loader batches; returns whether a stop was requested."""
         c, dev = self.config, self.device
         t0 = time.perf_counter()
-        weights = torch.tensor([c.loss_weights[k] for k in LOSS_TERMS], device=dev)
+        weights = torch.ones(len(LOSS_TERMS), device=dev)  # the heads apply Config.loss_weights
         lr = self.optimizer.param_groups[0]["lr"]
         # --- OOM fallback (engine/oom.py): an out-of-memory error in a forward/backward pass frees memory
         # and reruns this step's passes on the same batches split into smaller micro-batches (kept for later steps)
@@ -621,7 +627,7 @@ class Trainer:
                 for images, targets, share in parts:
                     part = move_to_device(Batch(images, targets, batch.skipped), dev)
                     with self._autocast():
-                        losses = self.model(part.images, part.targets)
+                        losses = unprefixed(self.model(part.images, part.targets))
                     missing = [k for k in LOSS_TERMS if k not in losses]
                     if missing:
                         raise MaskRCNNError(f"the model returned no {missing[0]!r} loss; it must return {', '.join(LOSS_TERMS)}")
@@ -724,7 +730,7 @@ class Trainer:
         sampler = TrainingSampler(len(self.val_ds), seed=c.seed, shuffle=False, rank=d.rank, world_size=d.world_size)
         loader = build_loader(self.val_ds, self.val_collate, sampler, c.images_per_gpu, c.num_workers, c.seed,
                               pin_memory=dev.type == "cuda")
-        weights = torch.tensor([c.loss_weights[k] for k in LOSS_TERMS], device=dev)
+        weights = torch.ones(len(LOSS_TERMS), device=dev)  # the heads apply Config.loss_weights
         sums = torch.zeros(len(LOSS_TERMS) + 2, device=dev)
         set_train_mode(self.module, train_bn=False)  # losses need train mode; statistics stay untouched
         devices = [dev.index if dev.index is not None else 0] if dev.type == "cuda" else []
@@ -736,7 +742,7 @@ class Trainer:
                     continue
                 batch = move_to_device(batch, dev)
                 with self._autocast():
-                    losses = self.module(batch.images, batch.targets)
+                    losses = unprefixed(self.module(batch.images, batch.targets))
                 terms = torch.stack([losses[k].float() for k in LOSS_TERMS])
                 n = len(batch.images)
                 sums += torch.cat([terms * n, (terms * weights).sum().view(1) * n, torch.tensor([float(n)], device=dev)])

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["BoxCoder"]
+__all__ = ["BoxCoder", "clip_boxes"]
 
 
 class BoxCoder:
@@ -55,3 +55,9 @@ class BoxCoder:
         c_h = half * pred_h
         c_w = half * pred_w
         return torch.stack((pred_ctr_x - c_w, pred_ctr_y - c_h, pred_ctr_x + c_w, pred_ctr_y + c_h), dim=2)
+
+
+def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Clip ``boxes [N, 4]`` (x1, y1, x2, y2) to an image of ``size (H, W)``: x to ``[0, W]``, y to ``[0, H]``."""
+    h, w = size
+    return torch.stack((boxes[:, 0::2].clamp(0, w), boxes[:, 1::2].clamp(0, h)), dim=2).reshape(-1, 4)

@@ -12,7 +12,9 @@ from torch import Tensor, nn
 from ..config import Config
 from .anchors import AnchorGenerator
 from .backbone import BackboneWithFPN
-from .roi_heads import BoxPredictor, ConvFCHead, MaskHead, MaskPredictor, RoIHeads, TwoMLPHead
+from .box_head import BoxPredictor, ConvFCHead, TwoMLPHead
+from .mask_head import MaskHead, MaskPredictor
+from .roi_heads import RoIHeads
 from .rpn import RegionProposalNetwork, RPNHead
 from .transform import batch_images, normalize_input, rescale_boxes, resize_minmax
 
@@ -25,8 +27,9 @@ class MaskRCNN(nn.Module):
     ``forward(images, targets=None)``:
 
     * training (``model.train()`` and targets): ``images`` are float ``[C, H, W]`` in [0, 1],
-      already resized by the data pipeline; returns the unweighted losses
-      ``rpn_class, rpn_bbox, mrcnn_class, mrcnn_bbox, mrcnn_mask``.
+      already resized by the data pipeline; returns the losses ``loss_rpn_class, loss_rpn_bbox,
+      loss_mrcnn_class, loss_mrcnn_bbox, loss_mrcnn_mask``, each already multiplied by its
+      ``Config.loss_weights`` entry by the head that owns it (the total loss is their sum).
     * inference (``model.eval()``): ``images`` are float ``[C, H, W]`` in [0, 1] at their original
       size; returns per image ``boxes [N, 4]`` (x1, y1, x2, y2 in original pixels), ``labels [N]``,
       ``scores [N]`` and ``mask_probs [N, M, M]`` (probabilities inside each box; paste them with
@@ -113,19 +116,22 @@ def build_model(config: Config) -> MaskRCNN:
         batch_size_per_image=c.rpn_train_anchors_per_image, positive_fraction=c.rpn_positive_fraction,
         pre_nms_top_n={"training": c.pre_nms_limit_training, "testing": c.pre_nms_limit_inference},
         post_nms_top_n={"training": c.post_nms_rois_training, "testing": c.post_nms_rois_inference},
-        nms_thresh=c.rpn_nms_threshold, weights=c.rpn_bbox_weights)
+        nms_thresh=c.rpn_nms_threshold, weights=c.rpn_bbox_weights, loss_weights=c.loss_weights)
     if v2:
         box_head: nn.Module = ConvFCHead(c.fpn_channels, c.pool_size, c.box_head_dim)
     else:
         box_head = TwoMLPHead(c.fpn_channels * c.pool_size ** 2, c.box_head_dim)
     mask_head = MaskHead(c.fpn_channels, c.mask_head_channels, c.mask_head_convs, norm=v2)
+    # built after the mask head: parameter initialisation draws from the RNG in this order
+    box_predictor = BoxPredictor(
+        c.box_head_dim, c.num_classes, bbox_weights=c.bbox_weights, score_thresh=c.detection_min_confidence,
+        nms_thresh=c.detection_nms_threshold, detections_per_img=c.detection_max_instances,
+        class_weights=c.class_loss_weights, loss_weights=c.loss_weights)
+    mask_predictor = MaskPredictor(mask_head.out_channels, c.mask_head_channels, c.num_classes, mini_masks=c.use_mini_mask,
+                                   class_weights=c.class_loss_weights, loss_weights=c.loss_weights)
     roi_heads = RoIHeads(
-        box_head, BoxPredictor(c.box_head_dim, c.num_classes), mask_head,
-        MaskPredictor(mask_head.out_channels, c.mask_head_channels, c.num_classes),
+        box_head, box_predictor, mask_head, mask_predictor,
         pool_size=c.pool_size, mask_pool_size=c.mask_pool_size, sampling_ratio=c.roi_sampling_ratio,
         fg_iou=c.roi_fg_iou_threshold, batch_size_per_image=c.train_rois_per_image,
-        positive_fraction=c.roi_positive_ratio, bbox_weights=c.bbox_weights,
-        score_thresh=c.detection_min_confidence, nms_thresh=c.detection_nms_threshold,
-        detections_per_img=c.detection_max_instances, class_weights=c.class_loss_weights,
-        mini_masks=c.use_mini_mask)
+        positive_fraction=c.roi_positive_ratio)
     return MaskRCNN(c, backbone, rpn, roi_heads)
