@@ -151,11 +151,3 @@ class BackboneWithFPN(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         return self.fpn(self.body(x))
 
-
-def set_frozen_bn_eps(module: nn.Module, eps: float) -> None:
-    """Set ``eps`` of every :class:`FrozenBatchNorm2d` in ``module``."""
-    for m in module.modules():
-        if isinstance(m, FrozenBatchNorm2d):
-            m.eps = eps
-
-

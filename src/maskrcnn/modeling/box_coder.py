@@ -4,6 +4,7 @@
 ``dh = wh * log(gh / ph)`` with centres ``(x1 + w/2, y1 + h/2)`` and ``w = x2 - x1`` (no "+1").
 Weights are ``1 / std_dev`` (RPN ``(1,1,1,1)``, box head ``(10,10,5,5)``). Decoding clamps
 ``dw, dh`` at ``log(1000/16)`` before ``exp``. Operation order follows torchvision exactly.
+:func:`clip_boxes` clips boxes to an image (used by the RPN and the box head).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ __all__ = ["BoxCoder", "clip_boxes"]
 
 
 class BoxCoder:
+    """Encode GT boxes as deltas relative to reference boxes and decode deltas back (module doc).
+
+    Boxes are ``(x1, y1, x2, y2)`` pixels; deltas ``(dx, dy, dw, dh)``, one group of 4 per class.
+    """
+
     def __init__(self, weights: tuple[float, float, float, float], clip: float = math.log(1000.0 / 16)) -> None:
         self.weights = weights
         self.clip = clip

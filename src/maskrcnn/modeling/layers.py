@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FrozenBatchNorm2d", "conv_norm_relu", "convert_frozen_bn"]
+__all__ = ["FrozenBatchNorm2d", "conv_norm_relu"]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -53,24 +53,6 @@ class FrozenBatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
-
-
-def convert_frozen_bn(module: nn.Module) -> nn.Module:
-    """Replace every ``nn.BatchNorm2d`` in ``module`` by a :class:`FrozenBatchNorm2d` with its statistics."""
-    if isinstance(module, nn.BatchNorm2d):
-        frozen = FrozenBatchNorm2d(module.num_features, module.eps)
-        if module.affine:
-            frozen.weight.copy_(module.weight.detach())
-            frozen.bias.copy_(module.bias.detach())
-        if module.track_running_stats and module.running_mean is not None:
-            frozen.running_mean.copy_(module.running_mean)
-            frozen.running_var.copy_(module.running_var)
-        return frozen
-    for name, child in module.named_children():
-        new = convert_frozen_bn(child)
-        if new is not child:
-            setattr(module, name, new)
-    return module
 
 
 def conv_norm_relu(cin: int, cout: int, k: int, norm: bool, relu: bool = True) -> nn.Sequential:

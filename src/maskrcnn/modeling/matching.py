@@ -20,7 +20,8 @@ class Matcher:
     """
 
     def __init__(self, high: float, low: float, allow_low_quality: bool) -> None:
-        assert low <= high
+        if not low <= high:
+            raise ValueError(f"Matcher: low threshold {low} above high threshold {high}")
         self.high, self.low, self.allow_low_quality = high, low, allow_low_quality
 
     def __call__(self, iou: Tensor) -> Tensor:
