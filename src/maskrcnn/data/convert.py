@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import pycocotools.mask as mask_utils
+
+from . import rle as rle_codec
 
 from ..errors import DataError
 from .dataset import Dataset
@@ -98,15 +99,14 @@ def write_coco(dataset: Dataset, path: str | os.PathLike[str], image_ids: Iterab
 
 
 def _annotation(ann_id: int, image_id: int, class_id: int, mask: np.ndarray, *, crowd: bool) -> dict[str, Any]:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    x, y, bw, bh = (float(v) for v in mask_utils.toBbox(rle))
+    rle = rle_codec.encode(mask)
     return {
         "id": ann_id,
         "image_id": image_id,
         "category_id": class_id,
-        "segmentation": {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")},
-        "area": float(mask_utils.area(rle)),
-        "bbox": [x, y, bw, bh],
+        "segmentation": rle,
+        "area": float(rle_codec.area(rle)),
+        "bbox": rle_codec.bbox(rle),
         "iscrowd": int(crowd),
     }
 
