@@ -43,6 +43,7 @@ from ..config import Config
 from ..errors import MaskRCNNError
 from .dataset import Dataset
 from .images import intensity_scale
+from .validate import check_load_mask
 
 __all__ = ["CheckOptions", "Finding", "Report", "check_dataset", "resize_geometry"]
 
@@ -378,22 +379,19 @@ class _State:
                 self.add("error", "unreadable_mask", f"load_mask failed ({_one_line(exc)}); fix the annotation "
                          "or remove the image", image_id)
             return
-        masks, class_ids = np.asarray(masks), np.asarray(class_ids).reshape(-1)
-        if masks.ndim != 3:
-            self.add("error", "mask_shape", f"load_mask returned masks of shape {masks.shape}; "
-                     "it must return [H, W, N] (N instances, possibly 0)", image_id)
+        loaded = check_load_mask(masks, class_ids, None if image is None else image.shape[:2],
+                                 self.ds.num_classes, list(self.ds.class_names))
+        for problem in loaded.problems:
+            self.add("error", problem.kind, problem.message, image_id, problem.instance)
+        if loaded.masks is None:
             return
-        masks = masks.astype(bool, copy=False)
+        masks, class_ids = loaded.masks, loaded.class_ids
         n = masks.shape[2]
-        if image is not None and masks.shape[:2] != image.shape[:2]:
-            h, w = image.shape[:2]
-            self.add("error", "size_mismatch", f"masks are {masks.shape[1]}x{masks.shape[0]} but the image is "
-                     f"{w}x{h} (WxH); make the annotation match the image file", image_id)
-        if len(class_ids) != n:
-            self.add("error", "count_mismatch", f"load_mask returned {n} masks but {len(class_ids)} class ids; "
-                     "return one class id per mask", image_id)
         self.num_instances += n
-        self._check_classes(image_id, class_ids[:n])
+        valid = class_ids[loaded.declared].tolist()
+        if valid:
+            np.add.at(self.class_instances, valid, 1)
+            self.class_images[sorted(set(valid))] += 1
         if n == 0:
             self.add("info", "background_only", "no instances: a background-only image; it is trained on "
                      "(as negatives only)", image_id)
@@ -446,22 +444,6 @@ class _State:
         else:
             self.hashes[key] = image_id
         return image
-
-    def _check_classes(self, image_id: int, class_ids: np.ndarray) -> None:
-        num = self.ds.num_classes
-        valid = []
-        for i, cid in enumerate(class_ids.tolist()):
-            if isinstance(cid, float) and cid.is_integer():
-                cid = int(cid)
-            if not isinstance(cid, int) or isinstance(cid, bool) or not 0 < cid < num:
-                self.add("error", "undeclared_class", f"class id {cid} is not a declared class (ids 1..{num - 1}: "
-                         f"{', '.join(self.ds.class_names[1:6])}{'...' if num > 6 else ''}); register it with "
-                         "add_class() or fix the label", image_id, i)
-            else:
-                valid.append(int(cid))
-        if valid:
-            np.add.at(self.class_instances, valid, 1)
-            self.class_images[sorted(set(valid))] += 1
 
     def _check_instances(self, image_id: int, masks: np.ndarray, class_ids: np.ndarray, scale: float) -> None:
         areas = masks.sum(axis=(0, 1))
