@@ -16,10 +16,11 @@ Finding kinds (severity):
   ``mixed_channels``, ``mixed_depth``, ``mixed_polarity``, ``class_names``, ``strong_downscale``, ``strong_upscale``;
 * info: ``background_only``, ``image_sizes``, ``resize``;
 * problems recorded by the format loaders at registration (``dataset.problems``, see
-  :mod:`maskrcnn.data.formats`) keep their kind; those where the loader skipped an image or an
-  instance (``missing_image``, ``unknown_class``, ``mask_size_mismatch`` ...) are errors,
-  ``degenerate_polygon``, ``out_of_bounds``, ``unsupported_shape``, ``duplicate_image`` ... are
-  warnings and ``unlabelled_image`` is info.
+  :mod:`maskrcnn.data.formats`) keep their kind and the severity :mod:`maskrcnn.data.problems`
+  gives it: errors where the loader skipped an image or an instance (``missing_image``,
+  ``unknown_class``, ``mask_size_mismatch`` ...), warnings where it repaired something or skipped
+  what carries no object (``degenerate_polygon``, ``out_of_bounds``, ``outside_root`` ...), info
+  for ``unlabelled_image``.
 
 Each finding names the image (``image_reference``) and, for instances, the index in
 ``load_mask`` plus the loader's reference (``annotation 17``, a mask file) when there is one.
@@ -43,23 +44,13 @@ from ..config import Config
 from ..errors import MaskRCNNError
 from .dataset import Dataset
 from .images import intensity_scale
+from .problems import instance_ref, severity_of
 from .validate import check_load_mask
 
 __all__ = ["CheckOptions", "Finding", "Report", "check_dataset", "resize_geometry"]
 
 Severity = Literal["error", "warning", "info"]
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
-#: Severity of the problems the format loaders record (``maskrcnn.data.formats``); others are warnings.
-#: Errors: the loader skipped an image or an instance, so annotated data would silently be lost.
-_LOADER_SEVERITY: dict[str, Severity] = {
-    **dict.fromkeys(("missing_image", "unreadable_image", "size_mismatch", "unknown_image", "invalid_annotation",
-                     "no_mask", "unknown_class", "missing_class", "mask_size_mismatch", "unreadable_mask"), "error"),
-    **dict.fromkeys(("duplicate_image", "orphan_annotation", "degenerate_polygon", "unsupported_shape",
-                     "out_of_bounds"), "warning"),
-    "unlabelled_image": "info",
-}
-
-
 @dataclass(frozen=True)
 class CheckOptions:
     """Thresholds of the checks.
@@ -321,20 +312,6 @@ def _progress(ids: list[int], enabled: bool) -> Iterable[int]:
     return tqdm(ids, desc="check-data", unit="img", file=sys.stderr)
 
 
-def _instance_ref(info: dict[str, Any], index: int) -> str | None:
-    """The annotation reference of instance ``index`` when a format loader kept one
-    (``instances[i]["ref"]`` such as ``annotation 17``, or the file of ``mask_paths[i]``)."""
-    instances, paths = info.get("instances"), info.get("mask_paths")
-    try:
-        if isinstance(instances, list) and isinstance(instances[index], dict) and instances[index].get("ref") is not None:
-            return str(instances[index]["ref"])
-        if isinstance(paths, list):
-            return os.path.basename(str(paths[index]))
-    except IndexError:
-        pass
-    return None
-
-
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     msg = text[0] if text else ""
@@ -366,7 +343,7 @@ class _State:
     def add(self, severity: Severity, kind: str, message: str, image_id: int | None = None,
             instance: int | None = None) -> None:
         image = None if image_id is None else self.ds.image_reference(image_id)
-        ref = None if image_id is None or instance is None else _instance_ref(self.ds.image_info[image_id], instance)
+        ref = None if image_id is None or instance is None else instance_ref(self.ds.image_info[image_id], instance)
         self.findings.append(Finding(severity, kind, message, image, image_id, instance, ref))
 
     # -------------------------------------------------------------- per image
@@ -517,9 +494,7 @@ class _State:
             if image_id is not None and image is None and 0 <= image_id < len(self.ds.image_info):
                 image = self.ds.image_reference(image_id)
             kind = str(p.get("kind", "annotation"))
-            severity = p.get("severity") or _LOADER_SEVERITY.get(kind, "warning")
-            if severity not in _SEVERITY_ORDER:
-                severity = "warning"
+            severity = severity_of(p)
             instance = p.get("instance")
             if isinstance(instance, (np.integer, float)):
                 instance = int(instance)
