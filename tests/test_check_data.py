@@ -360,10 +360,9 @@ def test_coco_loader_problems_are_reported(tmp_path: Path) -> None:
     got = {(f.kind, Path(f.image).name, f.instance, f.severity) for f in report.findings if f.image}
     assert ("degenerate_polygon", "p.png", "annotation 11", "warning") in got
     assert ("unknown_class", "q.png", "annotation 13", "error") in got
-    assert ("out_of_bounds", "q.png", "annotation 12", "warning") in got
-    # annotation 12 lies wholly outside the image: clipped to nothing, so an empty mask (instance 0 of q.png)
-    (empty,) = report.of_kind("empty_mask")
-    assert (Path(empty.image).name, empty.instance, empty.ref) == ("q.png", 0, "annotation 12")
+    # annotation 12 lies wholly outside the image: its mask would be empty, so the loader skips it
+    assert ("outside_image", "q.png", "annotation 12", "error") in got
+    assert report.of_kind("empty_mask") == [] and ds.image_info[1]["instances"][0]["ref"] == "annotation 14"
     assert report.exit_code == 1
 
 

@@ -5,6 +5,10 @@ writes the COCO file atomically and prints one summary line::
 
     wrote val.json: 32 images, 1126 instances, 1 class (nucleus)
 
+and on stderr what it skipped or repaired (counts by kind and the first few; ``check-data``
+lists them all): images it could not use, annotations it could not read, instances with an
+empty mask or an undeclared class (none of these is written).
+
 Loader options are ``--option KEY=VALUE`` with YAML values, e.g.
 ``--option class_attribute=name --option class_ids=[1,3]``.
 """
@@ -12,6 +16,7 @@ Loader options are ``--option KEY=VALUE`` with YAML values, e.g.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     """Convert ``args.src`` to ``args.out``; print a one-line summary. Returns 0."""
     from ..data.convert import write_coco
     from ..data.formats import load_dataset
+    from ..data.problems import summary_lines
 
     out = Path(args.out)
     if out.suffix.lower() != ".json":
@@ -75,4 +81,6 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         line += f"; {len(problems)} problems skipped (see `maskrcnn check-data {args.src}`)"
     print(line)
+    for text in summary_lines(problems, str(args.src), action="converting"):
+        print(text, file=sys.stderr)
     return 0

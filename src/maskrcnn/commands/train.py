@@ -55,8 +55,12 @@ def load_training_data(spec: str, format: str | None, seed: int) -> Any:
 
         return ShapesDataset(int(m.group(1) or 500), seed=seed)
     from ..data.formats import load_dataset
+    from ..data.problems import summary_lines
 
-    return load_dataset(spec, format=format)
+    dataset = load_dataset(spec, format=format)
+    for line in summary_lines(dataset.problems, spec):  # what loading skipped or repaired
+        print(line, file=sys.stderr)
+    return dataset
 
 
 def _resolve_config(args: argparse.Namespace) -> Any:

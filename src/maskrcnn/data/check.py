@@ -16,10 +16,11 @@ Finding kinds (severity):
   ``mixed_channels``, ``mixed_depth``, ``mixed_polarity``, ``class_names``, ``strong_downscale``, ``strong_upscale``;
 * info: ``background_only``, ``image_sizes``, ``resize``;
 * problems recorded by the format loaders at registration (``dataset.problems``, see
-  :mod:`maskrcnn.data.formats`) keep their kind; those where the loader skipped an image or an
-  instance (``missing_image``, ``unknown_class``, ``mask_size_mismatch`` ...) are errors,
-  ``degenerate_polygon``, ``out_of_bounds``, ``unsupported_shape``, ``duplicate_image`` ... are
-  warnings and ``unlabelled_image`` is info.
+  :mod:`maskrcnn.data.formats`) keep their kind and the severity :mod:`maskrcnn.data.problems`
+  gives it: errors where the loader skipped an image or an instance (``missing_image``,
+  ``unknown_class``, ``mask_size_mismatch`` ...), warnings where it repaired something or skipped
+  what carries no object (``degenerate_polygon``, ``out_of_bounds``, ``outside_root`` ...), info
+  for ``unlabelled_image``.
 
 Each finding names the image (``image_reference``) and, for instances, the index in
 ``load_mask`` plus the loader's reference (``annotation 17``, a mask file) when there is one.
@@ -43,22 +44,13 @@ from ..config import Config
 from ..errors import MaskRCNNError
 from .dataset import Dataset
 from .images import intensity_scale
+from .problems import instance_ref, severity_of
+from .validate import check_load_mask
 
 __all__ = ["CheckOptions", "Finding", "Report", "check_dataset", "resize_geometry"]
 
 Severity = Literal["error", "warning", "info"]
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
-#: Severity of the problems the format loaders record (``maskrcnn.data.formats``); others are warnings.
-#: Errors: the loader skipped an image or an instance, so annotated data would silently be lost.
-_LOADER_SEVERITY: dict[str, Severity] = {
-    **dict.fromkeys(("missing_image", "unreadable_image", "size_mismatch", "unknown_image", "invalid_annotation",
-                     "no_mask", "unknown_class", "missing_class", "mask_size_mismatch", "unreadable_mask"), "error"),
-    **dict.fromkeys(("duplicate_image", "orphan_annotation", "degenerate_polygon", "unsupported_shape",
-                     "out_of_bounds"), "warning"),
-    "unlabelled_image": "info",
-}
-
-
 @dataclass(frozen=True)
 class CheckOptions:
     """Thresholds of the checks.
@@ -320,20 +312,6 @@ def _progress(ids: list[int], enabled: bool) -> Iterable[int]:
     return tqdm(ids, desc="check-data", unit="img", file=sys.stderr)
 
 
-def _instance_ref(info: dict[str, Any], index: int) -> str | None:
-    """The annotation reference of instance ``index`` when a format loader kept one
-    (``instances[i]["ref"]`` such as ``annotation 17``, or the file of ``mask_paths[i]``)."""
-    instances, paths = info.get("instances"), info.get("mask_paths")
-    try:
-        if isinstance(instances, list) and isinstance(instances[index], dict) and instances[index].get("ref") is not None:
-            return str(instances[index]["ref"])
-        if isinstance(paths, list):
-            return os.path.basename(str(paths[index]))
-    except IndexError:
-        pass
-    return None
-
-
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     msg = text[0] if text else ""
@@ -365,7 +343,7 @@ class _State:
     def add(self, severity: Severity, kind: str, message: str, image_id: int | None = None,
             instance: int | None = None) -> None:
         image = None if image_id is None else self.ds.image_reference(image_id)
-        ref = None if image_id is None or instance is None else _instance_ref(self.ds.image_info[image_id], instance)
+        ref = None if image_id is None or instance is None else instance_ref(self.ds.image_info[image_id], instance)
         self.findings.append(Finding(severity, kind, message, image, image_id, instance, ref))
 
     # -------------------------------------------------------------- per image
@@ -378,22 +356,19 @@ class _State:
                 self.add("error", "unreadable_mask", f"load_mask failed ({_one_line(exc)}); fix the annotation "
                          "or remove the image", image_id)
             return
-        masks, class_ids = np.asarray(masks), np.asarray(class_ids).reshape(-1)
-        if masks.ndim != 3:
-            self.add("error", "mask_shape", f"load_mask returned masks of shape {masks.shape}; "
-                     "it must return [H, W, N] (N instances, possibly 0)", image_id)
+        loaded = check_load_mask(masks, class_ids, None if image is None else image.shape[:2],
+                                 self.ds.num_classes, list(self.ds.class_names))
+        for problem in loaded.problems:
+            self.add("error", problem.kind, problem.message, image_id, problem.instance)
+        if loaded.masks is None:
             return
-        masks = masks.astype(bool, copy=False)
+        masks, class_ids = loaded.masks, loaded.class_ids
         n = masks.shape[2]
-        if image is not None and masks.shape[:2] != image.shape[:2]:
-            h, w = image.shape[:2]
-            self.add("error", "size_mismatch", f"masks are {masks.shape[1]}x{masks.shape[0]} but the image is "
-                     f"{w}x{h} (WxH); make the annotation match the image file", image_id)
-        if len(class_ids) != n:
-            self.add("error", "count_mismatch", f"load_mask returned {n} masks but {len(class_ids)} class ids; "
-                     "return one class id per mask", image_id)
         self.num_instances += n
-        self._check_classes(image_id, class_ids[:n])
+        valid = class_ids[loaded.declared].tolist()
+        if valid:
+            np.add.at(self.class_instances, valid, 1)
+            self.class_images[sorted(set(valid))] += 1
         if n == 0:
             self.add("info", "background_only", "no instances: a background-only image; it is trained on "
                      "(as negatives only)", image_id)
@@ -446,22 +421,6 @@ class _State:
         else:
             self.hashes[key] = image_id
         return image
-
-    def _check_classes(self, image_id: int, class_ids: np.ndarray) -> None:
-        num = self.ds.num_classes
-        valid = []
-        for i, cid in enumerate(class_ids.tolist()):
-            if isinstance(cid, float) and cid.is_integer():
-                cid = int(cid)
-            if not isinstance(cid, int) or isinstance(cid, bool) or not 0 < cid < num:
-                self.add("error", "undeclared_class", f"class id {cid} is not a declared class (ids 1..{num - 1}: "
-                         f"{', '.join(self.ds.class_names[1:6])}{'...' if num > 6 else ''}); register it with "
-                         "add_class() or fix the label", image_id, i)
-            else:
-                valid.append(int(cid))
-        if valid:
-            np.add.at(self.class_instances, valid, 1)
-            self.class_images[sorted(set(valid))] += 1
 
     def _check_instances(self, image_id: int, masks: np.ndarray, class_ids: np.ndarray, scale: float) -> None:
         areas = masks.sum(axis=(0, 1))
@@ -535,9 +494,7 @@ class _State:
             if image_id is not None and image is None and 0 <= image_id < len(self.ds.image_info):
                 image = self.ds.image_reference(image_id)
             kind = str(p.get("kind", "annotation"))
-            severity = p.get("severity") or _LOADER_SEVERITY.get(kind, "warning")
-            if severity not in _SEVERITY_ORDER:
-                severity = "warning"
+            severity = severity_of(p)
             instance = p.get("instance")
             if isinstance(instance, (np.integer, float)):
                 instance = int(instance)

@@ -7,8 +7,10 @@ The dict is what :mod:`maskrcnn.evaluation` takes as ground truth and what
 * ``categories``: ``{"id": internal class id (1..K), "name", "supercategory": source}``;
 * ``annotations``: one per instance, ids from 1 (pycocotools treats id 0 as "unmatched"):
   ``segmentation`` compressed RLE with ``counts`` as str, ``bbox`` ``[x, y, w, h]`` of the mask
-  (pixel-edge coordinates), ``area`` (pixel count), ``iscrowd: 0``. Instances with an empty
-  mask are written as they are (area 0): the data checker reports them.
+  (pixel-edge coordinates), ``area`` (pixel count), ``iscrowd: 0``.
+* not written, each recorded in ``dataset.problems`` (:mod:`maskrcnn.data.problems`): instances
+  whose mask is empty (``empty_mask``) or whose class is not declared (``unknown_class``), and
+  images whose ``load_mask`` fails or breaks its contract (the conversion goes on).
 * ignore regions (``load_ignore_instances`` when the dataset has it, else ``load_ignore_mask``)
   become ``iscrowd: 1`` annotations; a region without a class is written once per category, so
   it is ignored for every class.
@@ -24,10 +26,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import pycocotools.mask as mask_utils
 
 from ..errors import DataError
+from . import rle as rle_codec
 from .dataset import Dataset
+from .problems import add_problem, instance_ref
+from .validate import check_load_mask
 
 __all__ = ["dataset_to_coco", "write_coco"]
 
@@ -50,18 +54,23 @@ def dataset_to_coco(dataset: Dataset, image_ids: Iterable[int] | None = None,
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for image_id in ids:
-        masks, class_ids = dataset.load_mask(int(image_id))
+        image_id = int(image_id)
+        loaded = _load_masks(dataset, image_id)
+        if loaded is None:
+            continue
+        masks, class_ids, indices = loaded
         h, w = int(masks.shape[0]), int(masks.shape[1])
-        if masks.ndim != 3 or len(class_ids) != masks.shape[2]:
-            raise DataError(f"{dataset.image_reference(image_id)}: load_mask returned masks {tuple(masks.shape)} and "
-                            f"{len(class_ids)} class ids; return [H, W, N] masks with N class ids")
-        images.append({"id": int(image_id), "file_name": _file_name(dataset, int(image_id), relative_to),
+        images.append({"id": image_id, "file_name": _file_name(dataset, image_id, relative_to),
                        "width": w, "height": h})
-        for mask, cid in zip(np.moveaxis(masks, 2, 0), class_ids):
-            annotations.append(_annotation(len(annotations) + 1, int(image_id), int(cid), mask, crowd=False))
-        for mask, cid in _ignore_regions(dataset, int(image_id), h, w):
+        for i, mask, cid in zip(indices.tolist(), np.moveaxis(masks, 2, 0), class_ids):
+            if not mask.any():
+                _report(dataset, image_id, i, "empty_mask", "the mask has no pixel inside the image; it is not written "
+                        "(fix or delete the annotation)")
+                continue
+            annotations.append(_annotation(len(annotations) + 1, image_id, int(cid), mask, crowd=False))
+        for mask, cid in _ignore_regions(dataset, image_id, h, w):
             for c in ([cid] if cid > 0 else cat_ids):
-                annotations.append(_annotation(len(annotations) + 1, int(image_id), int(c), mask, crowd=True))
+                annotations.append(_annotation(len(annotations) + 1, image_id, int(c), mask, crowd=True))
     return {
         "info": {"description": f"converted by maskrcnn from {type(dataset).__name__}"},
         "licenses": [],
@@ -97,16 +106,49 @@ def write_coco(dataset: Dataset, path: str | os.PathLike[str], image_ids: Iterab
 # --------------------------------------------------------------------------- helpers
 
 
+def _load_masks(dataset: Dataset, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(masks [H, W, K] bool, class ids [K], their indices [K] in load_mask)`` of one image, or None
+    (problem recorded) when ``load_mask`` fails or breaks its contract.
+
+    Instances with an undeclared class are dropped (and recorded)."""
+    ref = dataset.image_reference(image_id)
+    try:
+        masks, class_ids = dataset.load_mask(image_id)
+    except DataError as exc:
+        add_problem(dataset.problems, "unreadable_mask", f"{exc}; the image is not written", image=ref)
+        return None
+    info = dataset.image_info[image_id]
+    size = (int(info["height"]), int(info["width"])) if info.get("height") and info.get("width") else None
+    loaded = check_load_mask(masks, class_ids, size, dataset.num_classes, list(dataset.class_names))
+    fatal = [p for p in loaded.problems if p.kind != "undeclared_class"]
+    if fatal or loaded.masks is None:
+        add_problem(dataset.problems, fatal[0].kind if fatal else "mask_shape",
+                    f"{ref}: {(fatal or loaded.problems)[0].message}; the image is not written", image=ref,
+                    severity="error")
+        return None
+    for p in loaded.problems:
+        _report(dataset, image_id, p.instance, "unknown_class", f"{p.message}; the instance is not written")
+    keep = loaded.declared
+    return loaded.masks[:, :, keep], loaded.class_ids[keep], np.flatnonzero(keep)
+
+
+def _report(dataset: Dataset, image_id: int, index: int | None, kind: str, message: str) -> None:
+    """Record a problem of instance ``index`` of an image, named by the loader's reference when it kept one."""
+    ref = dataset.image_reference(image_id)
+    label = None if index is None else (instance_ref(dataset.image_info[image_id], index) or f"instance {index}")
+    where = f"{ref} {label}" if label else ref
+    add_problem(dataset.problems, kind, f"{where}: {message}", image=ref, instance=label)
+
+
 def _annotation(ann_id: int, image_id: int, class_id: int, mask: np.ndarray, *, crowd: bool) -> dict[str, Any]:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    x, y, bw, bh = (float(v) for v in mask_utils.toBbox(rle))
+    rle = rle_codec.encode(mask)
     return {
         "id": ann_id,
         "image_id": image_id,
         "category_id": class_id,
-        "segmentation": {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")},
-        "area": float(mask_utils.area(rle)),
-        "bbox": [x, y, bw, bh],
+        "segmentation": rle,
+        "area": float(rle_codec.area(rle)),
+        "bbox": rle_codec.bbox(rle),
         "iscrowd": int(crowd),
     }
 

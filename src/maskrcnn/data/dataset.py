@@ -37,9 +37,10 @@ class Dataset:
         class_names: names in internal id order.
         num_classes, num_images, image_ids.
         source_class_ids: ``{source: [internal ids]}`` (background belongs to every source).
-        problems: non-fatal issues found while registering annotations, as dicts
-            ``{"image", "instance", "kind", "message", "file"}`` (the kinds are listed in
-            :mod:`maskrcnn.data.formats`); empty for datasets that do not report any.
+        problems: what loading skipped or repaired, as dicts ``{"image", "instance", "kind",
+            "message", "file"}`` (the kinds are listed in :mod:`maskrcnn.data.formats`; record
+            them with :func:`maskrcnn.data.problems.add_problem`); ``check-data`` lists them,
+            ``train`` and ``convert`` print a summary. Empty for datasets that report none.
     """
 
     def __init__(self, class_map: Any = None) -> None:

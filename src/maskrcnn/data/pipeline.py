@@ -49,6 +49,7 @@ from .dataset import Dataset
 from .images import check_channels, to_float_tensor
 from .minimask import minimize_masks
 from .resize import ResizeInfo, resize_image
+from .validate import check_load_mask
 
 __all__ = ["TrainingDataset", "SkippedSample", "Batch", "collate", "prepare_for_inference"]
 
@@ -234,25 +235,12 @@ class TrainingDataset(torch.utils.data.Dataset):
         h, w = image.shape[:2]
 
         raw_masks, class_ids = self.dataset.load_mask(image_id)
-        raw_masks, class_ids = np.asarray(raw_masks), np.asarray(class_ids).reshape(-1)
-        if raw_masks.ndim == 2 and raw_masks.size == 0:
-            raw_masks = np.zeros((h, w, 0), dtype=bool)
-        if raw_masks.ndim != 3:
-            raise DataError(f"{ref}: load_mask returned masks of shape {raw_masks.shape}; return [H, W, N] bool")
-        if raw_masks.shape[2] != len(class_ids):
-            raise DataError(f"{ref}: load_mask returned {raw_masks.shape[2]} masks but {len(class_ids)} class ids; "
-                            "return one class id per mask")
-        if raw_masks.shape[:2] != (h, w):
-            raise DataError(f"{ref}: masks are {raw_masks.shape[0]}x{raw_masks.shape[1]} but the image is {h}x{w}; "
-                            "masks must have the image's height and width")
-        if len(class_ids) and (class_ids.min() < 1 or class_ids.max() >= cfg.num_classes):
-            bad = int(class_ids[(class_ids < 1) | (class_ids >= cfg.num_classes)][0])
-            raise DataError(f"{ref}: class id {bad} is outside 1..{cfg.num_classes - 1}; "
-                            f"use internal ids (map_source_class_id) and set num_classes (now {cfg.num_classes}) "
-                            "to the class count including background")
+        loaded = check_load_mask(raw_masks, class_ids, (h, w), cfg.num_classes)
+        if loaded.problems:
+            raise DataError(f"{ref}: {loaded.problems[0].message}")
         # a [N, H, W] view of the [H, W, N] array, not a copy: the crop resize mode then copies only
         # the crop's source region (dense images hold hundreds of full-size masks)
-        masks = np.moveaxis(raw_masks if raw_masks.dtype == bool else raw_masks != 0, 2, 0).view(np.uint8)
+        masks = np.moveaxis(loaded.masks, 2, 0).view(np.uint8)
 
         ignore = self.dataset.load_ignore_mask(image_id)
         if ignore is not None:
@@ -261,7 +249,7 @@ class TrainingDataset(torch.utils.data.Dataset):
                 raise DataError(f"{ref}: ignore mask is {ignore.shape} but the image is {h}x{w}; "
                                 "load_ignore_mask must return an [H, W] bool array")
             ignore = ignore != 0
-        return image, masks, class_ids.astype(np.int64), ignore
+        return image, masks, loaded.class_ids, ignore
 
 
 # ---------------------------------------------------------------------------- inference

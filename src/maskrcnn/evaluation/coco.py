@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
+from ..data import rle as rle_codec
 
 from .common import EvaluationError, ann_to_rle
 
@@ -145,9 +145,9 @@ def prepare_ground_truth(gt: dict[str, Any]) -> dict[str, Any]:
         if "bbox" not in ann or "area" not in ann:
             rle = ann_to_rle(ann, *sizes[ann["image_id"]]) if "segmentation" in ann else None
             if "bbox" not in ann:
-                ann["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
+                ann["bbox"] = rle_codec.bbox(rle)
             if "area" not in ann:
-                ann["area"] = float(mask_utils.area(rle)) if rle is not None else float(ann["bbox"][2] * ann["bbox"][3])
+                ann["area"] = float(rle_codec.area(rle)) if rle is not None else float(ann["bbox"][2] * ann["bbox"][3])
         anns.append(ann)
     out = {k: v for k, v in gt.items() if k != "annotations"}
     out["annotations"] = anns
@@ -201,7 +201,7 @@ def _prepare_results(
     if 0 < with_bbox < len(out):
         for r in out:
             if "bbox" not in r:
-                r["bbox"] = [float(v) for v in mask_utils.toBbox(r["segmentation"])]
+                r["bbox"] = rle_codec.bbox(r["segmentation"])
     return out, dropped
 
 

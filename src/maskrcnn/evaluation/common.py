@@ -7,13 +7,13 @@ that evaluating thousands of images needs memory for one dense image at a time.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from ..data import rle as rle_codec
 from ..errors import MaskRCNNError
 
 __all__ = [
@@ -30,28 +30,14 @@ class EvaluationError(MaskRCNNError, ValueError):
 
 
 def ann_to_rle(ann: dict[str, Any], height: int, width: int) -> dict[str, Any]:
-    """Compressed RLE of a COCO annotation or result's ``segmentation``.
-
-    Accepts polygons (list of ``[x1, y1, x2, y2, ...]``), uncompressed RLE (``counts`` a list)
-    and compressed RLE (``counts`` a str or bytes), exactly like ``COCO.annToRLE``.
-    """
-    segm = ann.get("segmentation")
-    if segm is None or (isinstance(segm, list) and len(segm) == 0):
-        # No mask: an empty one of the image's size (pycocotools would fail on it).
-        return mask_utils.encode(np.zeros((height, width, 1), dtype=np.uint8, order="F"))[0]
-    if isinstance(segm, list):
-        rles = mask_utils.frPyObjects(segm, height, width)
-        return mask_utils.merge(rles)
-    if isinstance(segm.get("counts"), list):
-        return mask_utils.frPyObjects(segm, height, width)
-    return segm
+    """Compressed RLE of a COCO annotation or result's ``segmentation`` (polygons, uncompressed or
+    compressed RLE; none: an empty mask), like ``COCO.annToRLE`` (:func:`maskrcnn.data.rle.from_segmentation`)."""
+    return rle_codec.from_segmentation(ann.get("segmentation"), height, width)
 
 
 def decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    """Decode one compressed RLE to a bool mask ``[H, W]``."""
-    with warnings.catch_warnings():  # pycocotools' Cython decode trips a numpy 2 DeprecationWarning
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_utils.decode(rle).astype(bool)
+    """Decode one RLE to a bool mask ``[H, W]``."""
+    return rle_codec.decode(rle)
 
 
 def masks_to_rles(masks: np.ndarray) -> list[dict[str, Any]]:
@@ -61,14 +47,7 @@ def masks_to_rles(masks: np.ndarray) -> list[dict[str, Any]]:
         raise EvaluationError(
             f"masks: expected an array [N, H, W], got shape {tuple(masks.shape)}; stack the instance masks first"
         )
-    if masks.shape[0] == 0:
-        return []
-    fortran = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))
-    rles = mask_utils.encode(fortran)
-    for rle in rles:
-        if isinstance(rle["counts"], bytes):
-            rle["counts"] = rle["counts"].decode("ascii")
-    return rles
+    return rle_codec.encode_masks(masks)
 
 
 def rle_iou(dt: Sequence[dict[str, Any]], gt: Sequence[dict[str, Any]], iscrowd: Sequence[int] | None = None) -> np.ndarray:

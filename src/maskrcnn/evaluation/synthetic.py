@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
+from ..data import rle as rle_codec
 
 from .common import ann_to_rle
 
@@ -39,9 +39,7 @@ def _shape_mask(rng: np.random.Generator, h: int, w: int, max_side: int) -> tupl
 
 
 def _rle(mask: np.ndarray) -> dict[str, Any]:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+    return rle_codec.encode(mask)
 
 
 def _uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
@@ -102,7 +100,7 @@ def synthetic_coco(
             {
                 "image_id": image_id,
                 "category_id": cat,
-                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "bbox": rle_codec.bbox(rle),
                 "score": round(float(rng.uniform(*score_range)), 4),
                 "segmentation": rle,
             }
@@ -128,8 +126,8 @@ def synthetic_coco(
                     "image_id": img["id"],
                     "category_id": cat,
                     "segmentation": segm,
-                    "area": float(mask_utils.area(rle)),
-                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "area": float(rle_codec.area(rle)),
+                    "bbox": rle_codec.bbox(rle),
                     "iscrowd": int(crowd),
                 }
             )

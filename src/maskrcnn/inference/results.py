@@ -46,14 +46,9 @@ class Detections:
 
     def rle(self) -> list[dict]:
         """COCO RLE (``counts`` as str) of each mask."""
-        from pycocotools import mask as mask_utils
+        from ..data.rle import encode_masks
 
-        if len(self) == 0:
-            return []
-        encoded = mask_utils.encode(np.asfortranarray(self.masks.transpose(1, 2, 0).astype(np.uint8)))
-        for e in encoded:
-            e["counts"] = e["counts"].decode("ascii")
-        return encoded
+        return encode_masks(self.masks)
 
     def to_coco(self, image_id: int, category_ids: list[int] | None = None) -> list[dict]:
         """COCO results: ``image_id``, ``category_id``, ``bbox`` (x, y, w, h), ``score``, ``segmentation`` (RLE),

@@ -232,7 +232,7 @@ def crop_to_rle(crop: np.ndarray, y0: int, x0: int, height: int, width: int) -> 
     """COCO RLE (compressed, ``counts`` as str) of a ``height x width`` mask that is zero except for
     the bool ``crop`` placed at row ``y0``, column ``x0``; built from the crop's runs, never
     allocating the full mask. Equal to ``pycocotools.mask.encode`` of the full mask."""
-    from pycocotools import mask as mask_utils
+    from ..data.rle import from_counts
 
     total = height * width
     if crop.size == 0 or not crop.any():
@@ -256,9 +256,7 @@ def crop_to_rle(crop: np.ndarray, y0: int, x0: int, height: int, width: int) -> 
         runs[1::2] = ends - starts
         runs[-1] = total - ends[-1]
         counts = runs.tolist() if runs[-1] else runs[:-1].tolist()  # no trailing empty run (as pycocotools)
-    rle = mask_utils.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+    return from_counts(counts, height, width)
 
 
 @dataclass

@@ -44,14 +44,22 @@ no_mask                COCO annotation without segmentation (box only)         a
 unknown_class          class not among the declared classes                    instance skipped
 missing_class          class attribute/label missing or empty                  instance skipped
 out_of_bounds          shape reaches > 1 px (YOLO: 1 %) outside the image      kept, clipped
+outside_image          every shape of an instance lies outside the image       instance skipped
+outside_root           COCO ``file_name`` with ``..`` leading above its folder  kept (read), warned
+ignored_field          COCO ``bbox``/``area`` malformed (we use the mask's)     field ignored
+no_annotations         COCO file without an ``annotations`` list               all background-only
 mask_size_mismatch     RLE / mask file / label image size != image size        instance (label
                                                                                image: image) skipped
 unreadable_mask        a mask or label file's header cannot be read            instance/image skipped
 =====================  ======================================================  ===================
 
-An instance whose shapes are all skipped is skipped. Not found at registration (only by loading
-masks, which is the data checker's job): instances that rasterise to no pixel, overlaps, pixel
-data corrupt beyond the header, channel counts.
+An instance whose shapes are all skipped is skipped. Each problem has the severity
+:mod:`maskrcnn.data.problems` gives its kind (a YOLO line of fewer than 3 points is an error:
+its object is lost). Malformed values never reach pycocotools: polygon coordinates must be
+finite numbers (then they are clipped to the image plus a margin) and RLEs are validated
+(:func:`maskrcnn.data.rle.validate`). Not found at registration (only by loading masks, which is
+the data checker's job, or by ``convert``, which drops them as ``empty_mask``): instances that
+rasterise to no pixel, overlaps, pixel data corrupt beyond the header, channel counts.
 """
 
 from __future__ import annotations
@@ -159,12 +167,27 @@ def load_dataset(path: str | os.PathLike[str], format: str | None = None, **opti
     unknown = [k for k in options if k not in params]
     if unknown:
         raise DataError(f"format {fmt!r} has no option {unknown[0]!r}; its options are: {', '.join(params)}")
+    _check_options(fmt, options)
     method(target, **options)
     dataset.prepare()
     return dataset
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _check_options(fmt: str, options: dict[str, Any]) -> None:
+    """One-line errors for loader options of the wrong type (they come from ``--option`` YAML too)."""
+    names, ids, cmap = options.get("class_names"), options.get("class_ids"), options.get("class_map")
+    if names is not None and (not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, int)) for n in names)):
+        raise DataError(f"format {fmt!r}: class_names must be a list of names, e.g. [cat, dog]; got {names!r}")
+    if ids is not None and (not isinstance(ids, (list, tuple))
+                            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+        raise DataError(f"format {fmt!r}: class_ids must be a list of integer category ids, e.g. [1, 3]; got {ids!r}")
+    if cmap is not None and (not isinstance(cmap, dict) or not all(
+            isinstance(k, int) or (isinstance(k, str) and k.strip().isdigit()) for k in cmap)):
+        raise DataError(f"format {fmt!r}: class_map must map label values to class names, e.g. {{1: cell, 2: nucleus}}; "
+                        f"got {cmap!r}")
 
 
 def _json_files(folder: Path) -> list[Path]:
@@ -200,7 +223,7 @@ def _json_kind(path: Path) -> str | None:
     try:
         with open(path, "rb") as fh:
             data = json.load(fh)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if isinstance(data, dict) and isinstance(data.get("images"), list) and "categories" in data:
         return "coco"

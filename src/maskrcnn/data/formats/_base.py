@@ -10,6 +10,7 @@ resolving an image file and its size, registering classes.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 from ...errors import DataError
 from ..dataset import Dataset
 from ..images import image_size
+from ..problems import SEVERITY, Severity, add_problem
 from ._shapes import Shape, polygon_area, rasterize, shape_bounds
 
 __all__ = ["AnnotationDataset", "read_json", "OUT_OF_BOUNDS_TOLERANCE"]
@@ -37,6 +39,8 @@ def read_json(path: Path, what: str) -> Any:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         detail = f"line {exc.lineno} column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else str(exc)
         raise DataError(f"{path}: not valid JSON ({detail}); re-export the {what}") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to be a {what}; re-export the {what}") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
 
@@ -65,20 +69,16 @@ class AnnotationDataset(Dataset):
 
     # ----------------------------------------------------------------- problems
     def report(self, kind: str, message: str, *, image: str | None = None, instance: Any = None,
-               file: str | os.PathLike[str] | None = None) -> None:
-        """Record a non-fatal problem (raise it as a :class:`DataError` when ``self.strict``).
+               file: str | os.PathLike[str] | None = None, severity: Severity | None = None) -> None:
+        """Record a non-fatal problem in ``self.problems`` (raise it as a :class:`DataError` when
+        ``self.strict``; info-level notes are never raised).
 
         ``message`` is one line naming the file (and instance) and saying what was done about it.
         """
-        if self.strict:
+        entry_severity = severity or SEVERITY.get(kind, "warning")
+        if self.strict and entry_severity != "info":
             raise DataError(f"{message} (strict mode: fix it, or load without strict=True to skip it)")
-        self.problems.append({
-            "image": image,
-            "instance": instance,
-            "kind": kind,
-            "message": message,
-            "file": None if file is None else str(file),
-        })
+        add_problem(self.problems, kind, message, image=image, instance=instance, file=file, severity=severity)
 
     # ----------------------------------------------------------------- registration helpers
     def register_classes(self, names: list[str], first_id: int = 1) -> None:
@@ -116,17 +116,34 @@ class AnnotationDataset(Dataset):
             return None
         return actual
 
-    def check_polygon(self, points: Any, *, file: Path, image: str, instance: Any) -> list[float] | None:
-        """Flat ``[x0, y0, ...]`` float list if ``points`` is a usable polygon, else None (``degenerate_polygon`` or ``invalid_annotation`` reported)."""
+    def numbers(self, values: Any, what: str, *, file: Path, image: str | None, instance: Any) -> list[float] | None:
+        """``values`` as finite floats, or None (``invalid_annotation`` reported: not numbers, NaN or inf)."""
         try:
-            flat = [float(v) for v in points]
-        except (TypeError, ValueError):
-            self.report("invalid_annotation", f"{file}: {_where(image, instance)}: polygon coordinates are not numbers; the polygon is skipped",
+            out = [float(v) for v in values]
+        except (TypeError, ValueError, OverflowError):
+            out = None
+        if out is None:
+            self.report("invalid_annotation", f"{file}: {_where(image, instance)}: {what} are not numbers; it is skipped",
                         image=image, instance=instance, file=file)
             return None
-        if len(flat) % 2 or not all(np.isfinite(flat)):
-            self.report("invalid_annotation", f"{file}: {_where(image, instance)}: polygon has an odd number of coordinates or NaN/inf; the polygon is skipped",
-                        image=image, instance=instance, file=file)
+        if not all(math.isfinite(v) for v in out):
+            self.report("invalid_annotation", f"{file}: {_where(image, instance)}: {what} include NaN or infinity; it is "
+                        "skipped (fix the coordinates)", image=image, instance=instance, file=file)
+            return None
+        return out
+
+    def check_polygon(self, points: Any, *, file: Path, image: str, instance: Any) -> list[float] | None:
+        """Flat ``[x0, y0, ...]`` float list if ``points`` is a usable polygon, else None (``degenerate_polygon`` or ``invalid_annotation`` reported)."""
+        if isinstance(points, (str, bytes, dict)) or not hasattr(points, "__iter__"):
+            self.report("invalid_annotation", f"{file}: {_where(image, instance)}: a polygon must be a list [x0, y0, x1, y1, "
+                        f"...], not {type(points).__name__}; it is skipped", image=image, instance=instance, file=file)
+            return None
+        flat = self.numbers(points, "polygon coordinates", file=file, image=image, instance=instance)
+        if flat is None:
+            return None
+        if len(flat) % 2:
+            self.report("invalid_annotation", f"{file}: {_where(image, instance)}: polygon has an odd number of coordinates "
+                        f"({len(flat)}); it is skipped (write x, y pairs)", image=image, instance=instance, file=file)
             return None
         if len(flat) < 6:
             self.report("degenerate_polygon", f"{file}: {_where(image, instance)}: polygon has {len(flat) // 2} point(s), needs at least 3; it is skipped",
@@ -138,8 +155,25 @@ class AnnotationDataset(Dataset):
             return None
         return flat
 
-    def check_bounds(self, shapes: list[Shape], height: int, width: int, *, file: Path, image: str, instance: Any) -> None:
-        """Report ``out_of_bounds`` when a shape reaches more than a pixel outside the image (it is clipped)."""
+    def outside_image(self, shapes: list[Shape], height: int, width: int, *, file: Path, image: str, instance: Any) -> bool:
+        """True (``outside_image`` reported) when every shape lies outside the image: the
+        instance's mask would be empty, so the caller skips it."""
+        boxes = [shape_bounds(s) for s in shapes]
+        if not boxes or any(b is None or (b[2] > 0 and b[3] > 0 and b[0] < width and b[1] < height) for b in boxes):
+            return False
+        x1, y1 = min(b[0] for b in boxes if b), min(b[1] for b in boxes if b)
+        x2, y2 = max(b[2] for b in boxes if b), max(b[3] for b in boxes if b)
+        self.report("outside_image", f"{file}: {_where(image, instance)}: shape ({x1:.0f}, {y1:.0f})-({x2:.0f}, {y2:.0f}) "
+                    f"lies outside the {width}x{height} image, so its mask is empty; it is skipped (fix the "
+                    "coordinates or the image)", image=image, instance=instance, file=file)
+        return True
+
+    def check_bounds(self, shapes: list[Shape], height: int, width: int, *, file: Path, image: str, instance: Any) -> bool:
+        """False when every shape lies outside the image (:meth:`outside_image`). Else True,
+        reporting ``out_of_bounds`` when a shape reaches more than a pixel outside the image (the
+        part outside is clipped)."""
+        if self.outside_image(shapes, height, width, file=file, image=image, instance=instance):
+            return False
         t = OUT_OF_BOUNDS_TOLERANCE
         for s in shapes:
             b = shape_bounds(s)
@@ -151,7 +185,8 @@ class AnnotationDataset(Dataset):
                             f"{file}: {_where(image, instance)}: shape reaches ({x1:.0f}, {y1:.0f})-({x2:.0f}, {y2:.0f}) outside the "
                             f"{width}x{height} image; the part outside is clipped",
                             image=image, instance=instance, file=file)
-                return
+                return True
+        return True
 
     # ----------------------------------------------------------------- loading
     def _internal_class_id(self, source_id: Any) -> int:

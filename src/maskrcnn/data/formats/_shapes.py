@@ -27,7 +27,8 @@ import math
 from typing import Any, Iterable
 
 import numpy as np
-import pycocotools.mask as mask_utils
+
+from .. import rle as rle_codec
 
 Shape = dict[str, Any]
 
@@ -39,7 +40,6 @@ __all__ = [
     "rasterize",
     "polygon_area",
     "shape_bounds",
-    "encode_rle",
 ]
 
 
@@ -86,14 +86,13 @@ def rasterize(shapes: list[Shape], height: int, width: int) -> np.ndarray:
     out = np.zeros((height, width), dtype=bool)
     polys = [s["points"] for s in shapes if s["type"] == "polygon"]
     if polys:
-        rles = mask_utils.frPyObjects(polys, height, width)
-        out |= mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+        out |= rle_codec.decode(rle_codec.from_polygons(polys, height, width))
     for s in shapes:
         kind = s["type"]
         if kind == "ellipse":
             _draw_ellipse(out, s)
         elif kind == "rle":
-            out |= _decode_rle(s["rle"], height, width)
+            out |= rle_codec.decode(s["rle"])
         elif kind == "bitmap":
             _paste_bitmap(out, s)
         elif kind != "polygon":
@@ -101,21 +100,7 @@ def rasterize(shapes: list[Shape], height: int, width: int) -> np.ndarray:
     return out
 
 
-def encode_rle(mask: np.ndarray) -> dict[str, Any]:
-    """``[H, W]`` bool -> COCO compressed RLE with ``counts`` as str (JSON-ready)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _decode_rle(rle: dict[str, Any], height: int, width: int) -> np.ndarray:
-    if isinstance(rle.get("counts"), list):
-        rle = mask_utils.frPyObjects(rle, height, width)
-    elif isinstance(rle.get("counts"), str):
-        rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    return mask_utils.decode(rle).astype(bool)
 
 
 def _draw_ellipse(out: np.ndarray, s: Shape) -> None:

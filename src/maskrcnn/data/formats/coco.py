@@ -15,11 +15,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 from ...errors import DataError
+from .. import rle as rle_codec
 from ._base import AnnotationDataset, _where, read_json
 
 __all__ = ["CocoDataset"]
@@ -57,9 +59,13 @@ class CocoDataset(AnnotationDataset):
         categories = data.get("categories")
         if not isinstance(categories, list) or not categories:
             raise DataError(f"{file}: no 'categories' list; add the categories ({{'id', 'name'}}) the annotations use")
-        annotations = data.get("annotations") or []
+        annotations = data.get("annotations")
+        if annotations is None:
+            self.report("no_annotations", f"{file}: no 'annotations' list; every image is background-only (add the "
+                        "annotations if this is a training set)", file=file)
+            annotations = []
         if not isinstance(annotations, list):
-            raise DataError(f"{file}: 'annotations' must be a list")
+            raise DataError(f"{file}: 'annotations' must be a list of annotation objects; fix the file")
 
         cats = self._read_categories(categories, file)
         if class_ids is not None:
@@ -79,6 +85,11 @@ class CocoDataset(AnnotationDataset):
                 self.report("invalid_annotation", f"{file}: images[{k}] has no 'id' or 'file_name'; it is skipped",
                             instance=f"images[{k}]", file=file)
                 continue
+            if not _is_key(img["id"]) or not isinstance(img["file_name"], str):
+                self.report("invalid_annotation", f"{file}: images[{k}] has id {img['id']!r} and file_name "
+                            f"{img['file_name']!r}; the id must be an integer (or a string) and file_name a string, the "
+                            "image is skipped", instance=f"images[{k}]", file=file)
+                continue
             if img["id"] in images:
                 self.report("duplicate_image", f"{file}: image id {img['id']} is listed twice; the second entry is skipped",
                             image=str(img["file_name"]), file=file)
@@ -86,24 +97,39 @@ class CocoDataset(AnnotationDataset):
             images[img["id"]] = img
 
         roots = self._image_roots(file, image_dir)
-        paths = {i: self._resolve(roots, str(img["file_name"])) for i, img in images.items()}
+        paths = {i: self._resolve(roots, img["file_name"]) for i, img in images.items()}
+        for i, img in images.items():
+            if _escapes(img["file_name"]):
+                self.report("outside_root", f"{file}: image id {i}: file_name {img['file_name']!r} leads outside the "
+                            f"folder it is relative to ({paths[i]}); it is read anyway: move the image into the dataset "
+                            "or write its absolute path", image=str(paths[i]), file=file)
         per_image: dict[Any, list[dict[str, Any]]] = {i: [] for i in images}
         for k, ann in enumerate(annotations):
-            ref = f"annotation {ann.get('id', f'#{k}')}" if isinstance(ann, dict) else f"annotation #{k}"
-            if not isinstance(ann, dict) or ann.get("image_id") not in images:
-                self.report("unknown_image", f"{file}: {ref} refers to image id "
-                            f"{ann.get('image_id') if isinstance(ann, dict) else None!r}, which is not in 'images'; it is skipped",
-                            instance=ref, file=file)
+            if not isinstance(ann, dict):
+                self.report("invalid_annotation", f"{file}: annotations[{k}] is a {type(ann).__name__}, not an object; "
+                            "it is skipped", instance=f"annotation #{k}", file=file)
                 continue
+            ref = f"annotation {ann['id']}" if _is_key(ann.get("id")) else f"annotation #{k}"
+            image_id = ann.get("image_id")
+            if not _is_key(image_id) or image_id not in images:
+                self.report("unknown_image", f"{file}: {ref} refers to image id {image_id!r}, which is not in 'images'; "
+                            "it is skipped (fix image_id)", instance=ref, file=file)
+                continue
+            image = str(paths[image_id])
             cat = ann.get("category_id")
-            if cat not in cats:
-                image = str(paths[ann["image_id"]])
+            if not _is_id(cat) or cat not in cats:
+                hint = (f"category ids are integers: write {int(cat)}" if isinstance(cat, str) and cat.strip().isdigit()
+                        else "add the category or fix the id")
                 self.report("unknown_class", f"{file}: {_where(image, ref)}: category_id {cat!r} "
-                            f"is not in 'categories'; it is skipped (add the category or fix the id)",
-                            image=image, instance=ref, file=file)
+                            f"is not in 'categories'; it is skipped ({hint})", image=image, instance=ref, file=file)
                 continue
+            if ann.get("iscrowd", 0) not in (0, 1):  # True/False compare equal to 1/0
+                self.report("invalid_annotation", f"{file}: {_where(image, ref)}: iscrowd is {ann['iscrowd']!r}; it must be "
+                            "0 or 1, the annotation is skipped", image=image, instance=ref, file=file)
+                continue
+            self._check_ignored_fields(ann, file=file, image=image, ref=ref)
             if cat in wanted_set:
-                per_image[ann["image_id"]].append(dict(ann, _ref=ref))
+                per_image[image_id].append(dict(ann, _ref=ref))
 
         for img_id, img in images.items():
             anns = per_image[img_id]
@@ -118,7 +144,7 @@ class CocoDataset(AnnotationDataset):
             instances, ignore = [], []
             for ann in anns:
                 shapes = self._shapes(ann, h, w, file=file, image=str(path))
-                if not shapes:
+                if not shapes or not self.check_bounds(shapes, h, w, file=file, image=str(path), instance=ann["_ref"]):
                     continue
                 entry = {"class_id": ann["category_id"], "shapes": shapes, "ref": ann["_ref"]}
                 (ignore if ann.get("iscrowd") else instances).append(entry)
@@ -144,6 +170,14 @@ class CocoDataset(AnnotationDataset):
             return [Path(image_dir)]
         here = file.parent
         return [here, here / "images", here.parent / "images"]
+
+    def _check_ignored_fields(self, ann: dict[str, Any], *, file: Path, image: str, ref: str) -> None:
+        """Report a malformed ``bbox`` or ``area`` (``ignored_field``): boxes and areas come from the mask."""
+        for key, ok in (("bbox", _is_numbers(ann.get("bbox"), 4)), ("area", _is_numbers([ann.get("area")], 1))):
+            if key in ann and not ok:
+                self.report("ignored_field", f"{file}: {_where(image, ref)}: '{key}' is {ann[key]!r}, not "
+                            f"{'[x, y, width, height]' if key == 'bbox' else 'a number'}; it is ignored (computed from "
+                            "the mask)", image=image, instance=ref, file=file)
 
     @staticmethod
     def _resolve(roots: list[Path], file_name: str) -> Path:
@@ -171,33 +205,51 @@ class CocoDataset(AnnotationDataset):
                 flat = self.check_polygon(part, file=file, image=image, instance=ref)
                 if flat is not None:
                     shapes.append({"type": "polygon", "points": flat})
-            if shapes:
-                self.check_bounds(shapes, h, w, file=file, image=image, instance=ref)
             return shapes
         if isinstance(seg, dict) and "counts" in seg and "size" in seg:
-            size = list(seg["size"]) if isinstance(seg["size"], (list, tuple)) else None
-            if size != [h, w]:
-                self.report("mask_size_mismatch", f"{file}: {_where(image, ref)}: RLE size {seg['size']} differs from the image's "
-                            f"[{h}, {w}] (height, width); it is skipped", image=image, instance=ref, file=file)
-                return []
-            if not isinstance(seg["counts"], (str, bytes, list)):
-                self.report("invalid_annotation", f"{file}: {_where(image, ref)}: RLE 'counts' must be a string or a list; it is skipped",
+            size = seg["size"]
+            if isinstance(size, list) and len(size) == 2 and all(_is_id(v) for v in size) and size != [h, w]:
+                self.report("mask_size_mismatch", f"{file}: {_where(image, ref)}: RLE size {size} differs from the image's "
+                            f"[{h}, {w}] (height, width); it is skipped (re-export it for this image)",
                             image=image, instance=ref, file=file)
                 return []
-            if isinstance(seg["counts"], list) and sum(int(c) for c in seg["counts"]) != h * w:
-                self.report("invalid_annotation", f"{file}: {_where(image, ref)}: uncompressed RLE counts sum to "
-                            f"{sum(int(c) for c in seg['counts'])}, not height*width={h * w}; it is skipped",
-                            image=image, instance=ref, file=file)
+            problem = rle_codec.validate(seg, h, w)
+            if problem is not None:
+                self.report("invalid_annotation", f"{file}: {_where(image, ref)}: {problem}; it is skipped (re-export the "
+                            "mask)", image=image, instance=ref, file=file)
                 return []
-            return [{"type": "rle", "rle": {"size": size, "counts": seg["counts"]}}]
-        self.report("invalid_annotation", f"{file}: {_where(image, ref)}: 'segmentation' is neither polygons nor RLE; it is skipped",
+            return [{"type": "rle", "rle": {"size": [h, w], "counts": seg["counts"]}}]
+        self.report("invalid_annotation", f"{file}: {_where(image, ref)}: 'segmentation' is a {type(seg).__name__} but must be "
+                    "polygons [[x0, y0, x1, y1, ...], ...] or an RLE {'size': [h, w], 'counts': ...}; it is skipped",
                     image=image, instance=ref, file=file)
         return []
+
+
+def _is_id(value: Any) -> bool:
+    """An integer id (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_key(value: Any) -> bool:
+    """An image or annotation id: an integer or a string."""
+    return isinstance(value, str) or _is_id(value)
+
+
+def _is_numbers(values: Any, count: int) -> bool:
+    """``values`` is a list of ``count`` finite numbers."""
+    return (isinstance(values, list) and len(values) == count
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values))
+
+
+def _escapes(file_name: str) -> bool:
+    """A relative ``file_name`` whose ``..`` parts lead above the folder it is relative to."""
+    name = file_name.replace("\\", "/")
+    return not os.path.isabs(name) and os.path.normpath(name).split(os.sep)[0] == ".."
 
 
 def _declared_size(img: dict[str, Any]) -> tuple[int, int] | None:
     try:
         h, w = int(img["height"]), int(img["width"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None
     return (h, w) if h > 0 and w > 0 else None

@@ -111,8 +111,13 @@ class LabelMeDataset(AnnotationDataset):
                                 "the shape is skipped (add it to class_names or fix the label)",
                                 image=str(image_path), instance=ref, file=file)
                     continue
-                self.check_bounds([shape], h, w, file=file, image=str(image_path), instance=ref)
+                if not self.check_bounds([shape], h, w, file=file, image=str(image_path), instance=ref):
+                    continue
                 gid = s.get("group_id")
+                if gid is not None and not isinstance(gid, (int, str)):
+                    self.report("invalid_annotation", f"{file}: {_where(str(image_path), ref)}: group_id {gid!r} is not an "
+                                "integer; the shape is skipped", image=str(image_path), instance=ref, file=file)
+                    continue
                 key = (label, gid) if gid is not None else ("", k)
                 if key not in groups:
                     groups[key] = {"class_id": None if label == IGNORE_LABEL else index[label], "shapes": [], "ref": ref}
@@ -146,8 +151,10 @@ class LabelMeDataset(AnnotationDataset):
     def _embedded_size(self, file: Path, data: dict[str, Any], declared: tuple[int, int] | None) -> tuple[int, int] | None:
         try:
             arr = decode_image(base64.b64decode(data["imageData"]), f"{file} (imageData)")
-        except (DataError, ValueError) as exc:
-            self.report("unreadable_image", f"{file}: the image file is missing and imageData cannot be decoded ({exc}); skipped",
+        except (DataError, ValueError, TypeError) as exc:
+            reason = str(exc) if isinstance(exc, DataError) else "not base64"
+            self.report("unreadable_image", f"{file}: the image file is missing and imageData cannot be decoded ({reason}); "
+                        "the image is skipped (put the image next to the JSON or re-save it in LabelMe)",
                         image=str(file), file=file)
             return None
         size = (int(arr.shape[0]), int(arr.shape[1]))
@@ -165,9 +172,11 @@ class LabelMeDataset(AnnotationDataset):
         points = s.get("points") or []
         try:
             pts = [(float(p[0]), float(p[1])) for p in points]
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError):
             self.report("invalid_annotation", f"{file}: {_where(image, ref)}: 'points' must be [[x, y], ...]; it is skipped",
                         image=image, instance=ref, file=file)
+            return None
+        if self.numbers([v for p in pts for v in p], "points", file=file, image=image, instance=ref) is None:
             return None
         if kind == "polygon":
             flat = self.check_polygon([v for p in pts for v in p], file=file, image=image, instance=ref)
@@ -196,7 +205,15 @@ class LabelMeDataset(AnnotationDataset):
                 self.report("invalid_annotation", f"{file}: {_where(image, ref)}: mask shape without 'mask' data; it is skipped",
                             image=image, instance=ref, file=file)
                 return None
-            return {"type": "bitmap", "x": int(round(pts[0][0])), "y": int(round(pts[0][1])), "png": s["mask"]}
+            bitmap = {"type": "bitmap", "x": int(round(pts[0][0])), "y": int(round(pts[0][1])), "png": s["mask"]}
+            try:
+                _shapes.rasterize([bitmap], 1, 1)  # decodes the PNG once: a broken one is reported now
+            except Exception as exc:  # noqa: BLE001 - base64, PNG and Pillow errors alike
+                self.report("invalid_annotation", f"{file}: {_where(image, ref)}: 'mask' is not a base64 PNG "
+                            f"({type(exc).__name__}); the shape is skipped (re-save it in LabelMe)",
+                            image=image, instance=ref, file=file)
+                return None
+            return bitmap
         self.report("unsupported_shape", f"{file}: {_where(image, ref)}: shape_type {kind!r} has no area (use polygon, rectangle, "
                     "circle or mask); it is skipped", image=image, instance=ref, file=file)
         return None
@@ -205,6 +222,6 @@ class LabelMeDataset(AnnotationDataset):
 def _declared_size(data: dict[str, Any]) -> tuple[int, int] | None:
     try:
         h, w = int(data["imageHeight"]), int(data["imageWidth"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None
     return (h, w) if h > 0 and w > 0 else None

@@ -176,7 +176,7 @@ class LabelImageDataset(AnnotationDataset):
         idir, ldir = root / images_dir, root / labels_dir
         if not idir.is_dir() or not ldir.is_dir():
             raise DataError(f"{root}: expected {images_dir}/ and {labels_dir}/ folders (label images, one integer per instance)")
-        global_map = {int(k): str(v) for k, v in (class_map or {}).items()}
+        global_map = {int(k): str(v) for k, v in (class_map or {}).items()}  # types checked by load_dataset
         entries = []
         used_labels: set[Path] = set()
         for img in sorted(p for p in idir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
@@ -223,9 +223,10 @@ class LabelImageDataset(AnnotationDataset):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             return {int(k): str(v) for k, v in data.items()}
-        except (OSError, ValueError, AttributeError, TypeError) as exc:
-            self.report("invalid_annotation", f"{path}: not a {{\"<value>\": \"<class>\"}} JSON ({exc}); it is ignored",
-                        image=image, file=path)
+        except (OSError, ValueError, AttributeError, TypeError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+            self.report("invalid_annotation", f"{path}: not a {{\"<value>\": \"<class>\"}} JSON ({reason}); it is ignored "
+                        "(fix it or delete it)", image=image, file=path)
             return None
 
     def _label_fits(self, label: Path, h: int, w: int, img: Path) -> bool:

@@ -68,16 +68,21 @@ class ViaDataset(AnnotationDataset):
         parsed = []  # (filename, path, [(ref, shape, class value)])
         seen: set[str] = set()
         for key, entry in entries:
-            filename = str(entry.get("filename") or "")
-            if not filename:
-                self.report("invalid_annotation", f"{file}: entry {key!r} has no 'filename'; it is skipped", instance=str(key), file=file)
+            filename = entry.get("filename") or ""
+            if not filename or not isinstance(filename, str):
+                self.report("invalid_annotation", f"{file}: entry {key!r} has no 'filename' string; it is skipped",
+                            instance=str(key), file=file)
                 continue
             if filename in seen:
                 self.report("duplicate_image", f"{file}: {filename} is listed twice; the second entry is skipped", image=filename, file=file)
                 continue
             seen.add(filename)
             path = root / filename.replace("\\", "/")
-            regions = entry.get("regions") or []
+            if "regions" not in entry:
+                self.report("invalid_annotation", f"{file}: {filename}: the entry has no 'regions'; the image is skipped "
+                            "(write \"regions\": [] for an image without objects)", image=str(path), file=file)
+                continue
+            regions = entry["regions"] or []
             if isinstance(regions, dict):
                 regions = list(regions.values())
             if not isinstance(regions, list):
@@ -120,7 +125,8 @@ class ViaDataset(AnnotationDataset):
                                 "the region is skipped (add it to class_names or fix the attribute)",
                                 image=str(path), instance=ref, file=file)
                     continue
-                self.check_bounds([shape], h, w, file=file, image=str(path), instance=ref)
+                if not self.check_bounds([shape], h, w, file=file, image=str(path), instance=ref):
+                    continue
                 instances.append({"class_id": cid, "shapes": [shape], "ref": ref})
             self.add_image(self.source, filename, path, height=h, width=w, instances=instances, ignore=[],
                            annotation_file=str(file))
@@ -133,6 +139,12 @@ class ViaDataset(AnnotationDataset):
                         image=image, instance=ref, file=file)
             return None
         name = sa.get("name")
+        keys = {"rect": ("x", "y", "width", "height"), "circle": ("cx", "cy", "r"), "ellipse": ("cx", "cy", "rx", "ry")}
+        if isinstance(name, str) and name in keys:
+            values = self.numbers([sa.get(k) for k in keys[name]] + [sa.get("theta") or 0.0],
+                                  f"{name} coordinates ({', '.join(keys[name])})", file=file, image=image, instance=ref)
+            if values is None:
+                return None
         try:
             if name == "polygon":
                 xs, ys = sa.get("all_points_x") or [], sa.get("all_points_y") or []
@@ -192,7 +204,9 @@ def _entries(data: Any, file: Path, class_attribute: str | None) -> tuple[list[t
     """``[(key, image entry)]`` of a VIA file, and the class options its project declares."""
     options: list[str] = []
     if isinstance(data, dict) and "_via_img_metadata" in data:
-        attrs = ((data.get("_via_attributes") or {}).get("region") or {}).get(class_attribute or "", {})
+        attrs = data.get("_via_attributes")
+        for key in ("region", class_attribute or ""):
+            attrs = attrs.get(key) if isinstance(attrs, dict) else None
         if isinstance(attrs, dict) and isinstance(attrs.get("options"), dict):
             options = [str(k) for k in attrs["options"]]
         data = data["_via_img_metadata"]

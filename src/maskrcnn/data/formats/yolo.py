@@ -20,6 +20,7 @@ polygon) is ``unsupported_shape``.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,10 @@ class YoloDataset(AnnotationDataset):
                 flat = self.check_polygon(flat, file=label_file, image=str(img), instance=ref)
                 if flat is None:
                     continue
-                instances.append({"class_id": cls, "shapes": [{"type": "polygon", "points": flat}], "ref": ref})
+                shape = {"type": "polygon", "points": flat}
+                if self.outside_image([shape], h, w, file=label_file, image=str(img), instance=ref):
+                    continue
+                instances.append({"class_id": cls, "shapes": [shape], "ref": ref})
             self.add_image(self.source, rel.as_posix(), img, height=h, width=w, instances=instances, ignore=[],
                            annotation_file=str(label_file))
 
@@ -136,18 +140,20 @@ class YoloDataset(AnnotationDataset):
                 self.report("invalid_annotation", f"{label_file}: {ref}: not numbers; the line is skipped",
                             image=image, instance=ref, file=label_file)
                 continue
-            if cls_f != int(cls_f) or cls_f < 0:
+            if not math.isfinite(cls_f) or cls_f != int(cls_f) or cls_f < 0:
                 self.report("invalid_annotation", f"{label_file}: {ref}: class {parts[0]} is not a class index; the line is skipped",
                             image=image, instance=ref, file=label_file)
                 continue
             if len(coords) == 4:
-                self.report("unsupported_shape", f"{label_file}: {ref}: a detection box (class cx cy w h), not a polygon; "
-                            "Mask R-CNN needs masks, the line is skipped", image=image, instance=ref, file=label_file)
+                self.report("unsupported_shape", f"{label_file}: {ref}: 4 values after the class: a detection box (cx cy w h) "
+                            "or a polygon of only 2 points; Mask R-CNN needs a polygon of at least 3 points, the line is "
+                            "skipped", image=image, instance=ref, file=label_file, severity="error")
                 continue
             if len(coords) % 2 or len(coords) < 6:
                 self.report("degenerate_polygon" if len(coords) % 2 == 0 else "invalid_annotation",
                             f"{label_file}: {ref}: {len(coords)} coordinates; a polygon needs an even "
-                            "number, at least 6; the line is skipped", image=image, instance=ref, file=label_file)
+                            "number, at least 6 (3 points); the line is skipped", image=image, instance=ref,
+                            file=label_file, severity="error")
                 continue
             rows.append((ref, int(cls_f), coords))
         return rows
@@ -162,6 +168,8 @@ def read_yolo_names(data: Any) -> list[str] | None:
         try:
             idx = {int(k): str(v) for k, v in names.items()}
         except (TypeError, ValueError):
+            return None
+        if idx and (min(idx) < 0 or max(idx) >= 100_000):
             return None
         return [idx.get(k, f"class_{k}") for k in range(max(idx) + 1)] if idx else None
     return None
