@@ -51,11 +51,8 @@ def _predictor(name: str):
 
     overrides, _ = CASES[name]
     model = biased_model(**overrides)
-    if name == "crop":
-        try:  # crop at inference is refused since the transform moved into the model: say pad64
-            return Predictor(model, device="cpu", resize_mode="pad64")
-        except TypeError:  # the code that wrote the reference
-            pass
+    if name == "crop":  # crop at inference is refused since the transform moved into the model: say pad64
+        return Predictor(model, device="cpu", resize_mode="pad64")
     return Predictor(model, device="cpu")
 
 
