@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             for batch_size in args.batches:
                 batch = images[:batch_size]
                 with torch.no_grad():
-                    padded, _ = ours.model.preprocess(to_tensors(batch, device), resize=True)
+                    padded = ours.model.preprocess(to_tensors(batch, device)).tensor
                 shape = tuple(padded.shape)
                 del padded
                 flops = {"ours": count_flops(ours.model.backbone, shape), "torchvision": count_flops(tv.backbone, shape)}

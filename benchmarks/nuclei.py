@@ -138,6 +138,7 @@ def run_ours(config: Config, train_ds: Dataset, val_ds: Dataset, budget_s: float
     """Train with the engine exactly as ``maskrcnn train --minutes M`` does, then evaluate."""
     from maskrcnn.engine import Trainer
     from maskrcnn.evaluation import evaluate_model
+    from maskrcnn.inference.predictor import Predictor
     from maskrcnn.modeling import build_model
 
     # the budget decides the length (Config.max_train_minutes): many epochs, no validation between them
@@ -159,8 +160,9 @@ def run_ours(config: Config, train_ds: Dataset, val_ds: Dataset, budget_s: float
     model = trainer.module
     model.eval()
     t0 = time.perf_counter()
-    with torch.no_grad():
-        report = evaluate_model(model, val_ds, batch_size=2)
+    with torch.no_grad():  # crop-trained: detect on whole images at the training scale (pad64), said explicitly
+        mode = "pad64" if config.image_resize_mode == "crop" else None
+        report = evaluate_model(Predictor(model, device="cpu", resize_mode=mode), val_ds, batch_size=2)
     eval_s = time.perf_counter() - t0
     return _row(label, config, n_params, result.global_step, images, trainer.budget.step_times, train_s, eval_s, report,
                 len(train_ds.image_ids), load_before, load_after, last_loss)

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torchvision.ops import box_iou, roi_align
 
-from maskrcnn.config import Config, ConfigError
+from maskrcnn.config import Config
 from maskrcnn.data.augment import boxes_from_masks
 from maskrcnn.data.dataset import Dataset
 from maskrcnn.data.minimask import expand_masks, mini_mask_rois, minimize_masks, pad_mini_masks
-from maskrcnn.data.pipeline import SkippedSample, TrainingDataset, collate, prepare_for_inference
+from maskrcnn.data.pipeline import SkippedSample, TrainingDataset, collate
 from maskrcnn.data.resize import compute_scale, resample_image, resize_image
 from maskrcnn.data.shapes import ShapesDataset, draw_shape
 from maskrcnn.errors import DataError
@@ -434,19 +434,6 @@ def test_mini_masks_in_samples_expand_to_full_masks():
     back = expand_masks(mini["masks"].numpy(), mini["boxes"].numpy(), full_img.shape[1:])
     for a, b in zip(back, full["masks"].numpy()):
         assert iou(a, b) > 0.95
-
-
-def test_prepare_for_inference():
-    img = np.random.default_rng(0).integers(0, 256, (100, 130, 3), dtype=np.uint8)
-    t, info = prepare_for_inference(img, _config(image_resize_mode="pad64", image_min_dim=128))
-    assert t.shape == (3, 128, 192) and info.window == (0, 13, 128, 179)
-    t, info = prepare_for_inference(img, _config(image_resize_mode="minmax"))
-    assert torch.equal(t, torch.from_numpy(img).permute(2, 0, 1) / 255.0)
-    assert info.image_size == (100, 130) and info.scale == 1.0
-    with pytest.raises(ConfigError, match="crop"):
-        prepare_for_inference(img, _config(image_resize_mode="crop", image_min_dim=64, image_max_dim=96))
-    with pytest.raises(DataError, match="image_channel_count"):
-        prepare_for_inference(img[:, :, :1], _config(image_resize_mode="pad64", image_min_dim=128))
 
 
 # ------------------------------------------------------------------------------ shapes

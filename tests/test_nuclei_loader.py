@@ -17,7 +17,7 @@ import maskrcnn.configs
 from maskrcnn.config import Config
 from maskrcnn.data.augment import boxes_from_masks
 from maskrcnn.data.formats import InstanceMaskDataset, detect_format, load_dataset
-from maskrcnn.data.pipeline import TrainingDataset, collate, prepare_for_inference
+from maskrcnn.data.pipeline import TrainingDataset, collate
 
 NUCLEI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nuclei"
 PRESET = Path(maskrcnn.configs.__file__).resolve().parent / "nuclei.yaml"
@@ -128,12 +128,14 @@ def test_unaugmented_crop_keeps_nuclei_on_the_image(dataset: InstanceMaskDataset
 
 
 def test_inference_input_is_pad64_upscaled(dataset: InstanceMaskDataset, config: Config) -> None:
-    """The predictor runs crop-trained models with pad64 at the same scale."""
-    cfg = config.model_copy(update={"image_resize_mode": "pad64"})
+    """A crop-trained model detects with pad64 at the same scale (the mode stated explicitly)."""
+    from maskrcnn.modeling.transform import InputTransform
+
+    transform = InputTransform(config.replace(image_resize_mode="pad64"))
     for image_id in dataset.image_ids:
         original = dataset.load_image(image_id)
-        tensor, info = prepare_for_inference(original, cfg)
+        info = transform.plan(*original.shape[:2])
         h, w = original.shape[:2]
-        assert tensor.shape[1] % 64 == 0 and tensor.shape[2] % 64 == 0
+        assert info.image_size[0] % 64 == 0 and info.image_size[1] % 64 == 0
         assert info.scale >= config.image_min_scale
         assert info.scaled_size == (round(h * info.scale), round(w * info.scale))

@@ -279,14 +279,12 @@ def test_pad64_predictions_do_not_depend_on_padding():
     predictor.detect(image)
     hook.remove()
     (batch,) = seen
-    from maskrcnn.data.pipeline import prepare_for_inference
-
-    tensor, info = prepare_for_inference(image, model.config)
+    info = model.transform.plan(*image.shape[:2])
     y1, x1, y2, x2 = info.window
-    assert (y1, x1, y2, x2) == (25, 0, 102, 64) and tuple(tensor.shape[-2:]) == (128, 64)
+    assert (y1, x1, y2, x2) == (25, 0, 102, 64) and info.image_size == (128, 64) == tuple(batch.shape[-2:])
     inside = batch[0, :, y1:y2, x1:x2]
     assert torch.allclose(inside.mean(dim=(1, 2)), torch.zeros(3), atol=1e-5)  # stats of the real pixels only
     assert torch.allclose(inside.std(dim=(1, 2), correction=0), torch.ones(3), atol=1e-4)
-    outside = torch.ones(tensor.shape[-2:], dtype=torch.bool)
+    outside = torch.ones(info.image_size, dtype=torch.bool)
     outside[y1:y2, x1:x2] = False
     assert batch[0][:, outside].abs().max() == 0  # padding stays at the (normalised) image mean

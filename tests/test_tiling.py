@@ -16,6 +16,7 @@ from maskrcnn.inference.predictor import Predictor
 from maskrcnn.inference.results import Detections
 from maskrcnn.inference.tiling import crop_to_rle, detect_tiled, open_tiled_image, tile_grid, tile_starts
 from maskrcnn.modeling import build_model
+from maskrcnn.modeling.transform import InputTransform
 
 torch.set_num_threads(1)
 
@@ -28,6 +29,7 @@ class RectPredictor(Predictor):
     def __init__(self) -> None:
         self.device = torch.device("cpu")
         self.config = Config(num_classes=3)
+        self.transform = InputTransform(self.config)  # to_array checks sizes with the model's transform
         self.class_names = ["BG", "one", "two"]
         self._warned: set[str] = set()
         self.calls: list[list[tuple[int, int]]] = []

@@ -9,8 +9,10 @@ Implements the "Training sample contract" of ``docs/design.md``. Per sample:
    ``[N, H, W]`` uint8, empty masks dropped, at most ``max_gt_instances`` kept (random choice).
    ``dataset.load_ignore_mask`` -> optional ``[H, W]`` bool, checked likewise.
 3. ``train=True``: flips / 90-degree rotations (:meth:`Augmentation.geometric`).
-4. Resize per ``Config.image_resize_mode`` (:func:`maskrcnn.data.resize.resize_image`), the scale
-   jitter multiplied into the resize scale; masks and ignore mask get the same geometry.
+4. Resize per ``Config.image_resize_mode`` (:func:`maskrcnn.data.resize.resize_image`: the geometry
+   of :func:`~maskrcnn.data.resize.plan_resize`, the rule the model's input transform uses at
+   inference), the scale jitter multiplied into the resize scale; masks and ignore mask get the
+   same geometry. A size the mode cannot resize is a ``DataError`` (the sample is skipped).
 5. ``train=True``: random crop and photometric changes (:meth:`Augmentation.after_resize`).
 6. Instances with fewer than ``aug_min_area`` pixels (training) or no pixel left are dropped;
    boxes are recomputed from the masks; optional mini-masks (``Config.use_mini_mask``).
@@ -22,8 +24,9 @@ unreadable image, a wrong channel count, masks that do not fit the image ...), `
 returns a :class:`SkippedSample` ``(index, image_id, reference, message)`` instead of
 ``(image, target)`` (with ``skip_errors=False`` the error is raised). It is a small picklable
 object, so it crosses DataLoader worker processes; :func:`collate` removes it from the batch and
-returns it in ``Batch.skipped``, which the trainer logs (reference = the file) and counts. A
-batch may therefore hold fewer images than requested, or none. Other exceptions (bugs) are raised.
+returns it in ``Batch.skipped`` (:class:`maskrcnn.structures.Batch`), which the trainer logs
+(reference = the file) and counts. A batch may therefore hold fewer images than requested, or
+none. Other exceptions (bugs) are raised.
 
 **Randomness.** Every random choice of a sample comes from
 ``numpy.random.default_rng([seed, epoch, index])``: a sample depends only on
@@ -37,21 +40,22 @@ With ``train=False`` the epoch is always 0 (only the ``crop`` resize mode draws 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import Config, ConfigError
+from ..config import Config
 from ..errors import DataError
+from ..structures import Batch
 from .augment import Augmentation, Sample, boxes_from_masks, build_augmentation
 from .dataset import Dataset
 from .images import check_channels, to_float_tensor
 from .minimask import minimize_masks
-from .resize import ResizeInfo, resize_image
+from .resize import resize_image
 from .validate import check_load_mask
 
-__all__ = ["TrainingDataset", "SkippedSample", "Batch", "collate", "prepare_for_inference"]
+__all__ = ["TrainingDataset", "SkippedSample", "Batch", "collate"]
 
 
 @dataclass(frozen=True)
@@ -72,14 +76,6 @@ class SkippedSample:
 
     def __str__(self) -> str:
         return f"skipped {self.reference}: {self.message}"
-
-
-class Batch(NamedTuple):
-    """What :func:`collate` returns: ``images, targets, skipped = batch``."""
-
-    images: list[torch.Tensor]
-    targets: list[dict[str, Any]]
-    skipped: list[SkippedSample]
 
 
 def collate(batch: list[Any]) -> Batch:
@@ -191,7 +187,7 @@ class TrainingDataset(torch.utils.data.Dataset):
 
         tensor = to_float_tensor(np.ascontiguousarray(sample.image))
         tensor, info = resize_image(tensor, cfg.image_resize_mode, cfg.image_min_dim, cfg.image_max_dim,
-                                    cfg.image_min_scale, jitter=jitter, rng=rng)
+                                    cfg.image_min_scale, jitter=jitter, rng=rng, name=ref)
         sample = Sample(
             tensor.permute(1, 2, 0).numpy(),
             info.resize_masks(sample.masks),
@@ -250,28 +246,3 @@ class TrainingDataset(torch.utils.data.Dataset):
                                 "load_ignore_mask must return an [H, W] bool array")
             ignore = ignore != 0
         return image, masks, loaded.class_ids, ignore
-
-
-# ---------------------------------------------------------------------------- inference
-
-
-def prepare_for_inference(image: np.ndarray, config: Config) -> tuple[torch.Tensor, ResizeInfo]:
-    """Image ``[H, W, C]`` uint8/uint16/float -> ``(float32 [C, h, w] in [0, 1], ResizeInfo)``.
-
-    Applies Matterport's ``none`` / ``square`` / ``pad64`` modes. For ``minmax`` the image is
-    returned at its original size with an identity ``ResizeInfo`` (the model resizes itself).
-    ``crop`` is a training-only mode. Detections in the returned image map back with
-    ``info.boxes_to_original`` / ``info.masks_to_original``.
-    """
-    mode = config.image_resize_mode
-    if mode == "crop":
-        raise ConfigError("image_resize_mode=crop is for training only; use pad64 (or square) for inference")
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    check_channels(arr, config.image_channel_count, "input image")
-    tensor = to_float_tensor(arr)
-    if mode == "minmax":
-        h, w = int(tensor.shape[1]), int(tensor.shape[2])
-        return tensor, ResizeInfo("minmax", (h, w), 1.0, (h, w), (h, w), (0, 0, h, w), ((0, 0), (0, 0)))
-    return resize_image(tensor, mode, config.image_min_dim, config.image_max_dim, config.image_min_scale)

@@ -1,14 +1,23 @@
-"""Image resizing for training and inference: torchvision's ``minmax`` and Matterport's modes.
+"""Resize geometry (the one rule of every resize mode) and image/mask resampling.
 
-Every mode returns the resized image and a :class:`ResizeInfo` that records the geometry
-(original size, scale, window of real pixels, padding, crop). The same geometry is applied to
-masks with :meth:`ResizeInfo.resize_masks`, and boxes / masks in the output are mapped back to the
-original image with :meth:`ResizeInfo.boxes_to_original` / :meth:`ResizeInfo.masks_to_original`.
+:func:`plan_resize` computes a :class:`ResizeInfo` from an image size alone (original size, scale,
+window of real pixels, padding, crop); it is the only place where the modes' rules are written.
+The model's input transform (:class:`maskrcnn.modeling.transform.InputTransform`) uses it at
+inference and the training pipeline uses it (through :func:`resize_image`) for images and masks
+together, so both resize alike. The geometry is applied to images with
+:meth:`ResizeInfo.apply_image` (torch ops only), to masks with :meth:`ResizeInfo.resize_masks`,
+and boxes / masks in the output are mapped back to the original image with
+:meth:`ResizeInfo.boxes_to_original` (tensor or numpy) / :meth:`ResizeInfo.masks_to_original`.
+
+Every side of a resized image is at least 1 pixel (an image of 1 x 2000 pixels stays 1 pixel
+high under ``minmax``). A mode that would enlarge a side past :data:`MAX_RESIZED_SIDE` (Matterport's
+``pad64`` / ``crop`` scale the short side up to ``image_min_dim`` without a cap, so a 1 x 2000
+image would become 800 x 1,600,000) is a :class:`~maskrcnn.errors.DataError` naming the image.
 
 Modes (``Config.image_resize_mode``):
 
 * ``minmax`` (torchvision): ``scale = min(min_dim / short, max_dim / long)``; output sides are
-  ``int(side * scale)`` (truncation), bilinear with ``align_corners=False`` and torch's
+  ``max(1, int(side * scale))`` (truncation), bilinear with ``align_corners=False`` and torch's
   ``recompute_scale_factor=True`` semantics (the kernel uses ``in / out`` per axis). Bit-identical
   to ``GeneralizedRCNNTransform``'s resize. No padding here: batches are padded to
   ``size_divisibility`` later.
@@ -45,9 +54,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import DataError
+
 __all__ = [
     "RESIZE_MODES",
+    "MAX_RESIZED_SIDE",
     "ResizeInfo",
+    "plan_resize",
     "resize_image",
     "resample_masks",
     "resample_image",
@@ -56,7 +69,11 @@ __all__ = [
 
 RESIZE_MODES = ("minmax", "none", "square", "pad64", "crop")
 
+#: Largest side (pixels) a resize may enlarge an image to (see the module doc).
+MAX_RESIZED_SIDE = 16384
+
 MaskT = TypeVar("MaskT", np.ndarray, torch.Tensor)
+BoxT = TypeVar("BoxT", np.ndarray, torch.Tensor)
 
 #: Largest float buffer (bytes) used at once when resampling a stack of masks.
 _MASK_CHUNK_BYTES = 64 * 2**20
@@ -120,7 +137,7 @@ def compute_scale(
     short, long = min(height, width), max(height, width)
     if mode == "minmax":
         scale = min(min_dim / short, max_dim / long) * jitter
-        return scale, (int(height * scale), int(width * scale))
+        return scale, (max(1, int(height * scale)), max(1, int(width * scale)))
     if mode == "none":
         scale = float(jitter)
     else:
@@ -175,28 +192,40 @@ class ResizeInfo:
         return self.padding[0][0] - cy, self.padding[1][0] - cx
 
     # ------------------------------------------------------------------ boxes
-    def boxes_to_resized(self, boxes_xyxy: np.ndarray) -> np.ndarray:
-        """Map ``[N, 4]`` xyxy boxes from the original image into the output image (float32)."""
-        b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    def boxes_to_resized(self, boxes_xyxy: BoxT) -> BoxT:
+        """Map ``[N, 4]`` xyxy boxes from the original image into the output image (float32).
+
+        ``x = x_orig * scaled_w / W + offset_x`` (float64 arithmetic); numpy in, numpy out.
+        """
+        b = _as_tensor(boxes_xyxy).reshape(-1, 4).double()
         sy, sx = self.scale_yx
         oy, ox = self.offset_yx
-        out = b * np.array([sx, sy, sx, sy]) + np.array([ox, oy, ox, oy])
-        return out.astype(np.float32)
+        out = (b * b.new_tensor([sx, sy, sx, sy]) + b.new_tensor([ox, oy, ox, oy])).float()
+        return out if isinstance(boxes_xyxy, torch.Tensor) else out.numpy()
 
-    def boxes_to_original(self, boxes_xyxy: np.ndarray, clip: bool = True) -> np.ndarray:
+    def boxes_to_original(self, boxes_xyxy: BoxT, clip: bool = True) -> BoxT:
         """Map ``[N, 4]`` xyxy boxes from the output image back to the original (float32).
 
-        ``x_orig = (x - offset_x) / scale_x``; with ``clip`` the result is clamped to
-        ``[0, W] x [0, H]`` of the original image.
+        ``x_orig = (x - offset_x) * (W / scaled_w)``, the ratio computed in float32 as
+        torchvision's ``resize_boxes`` (the same arithmetic for ``minmax``, where the offset is 0);
+        with ``clip`` the result is clamped to ``[0, W] x [0, H]`` (boxes reaching into padding
+        map outside the image). Torch ops only (the model's postprocess exports); numpy in,
+        numpy out.
         """
-        b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-        sy, sx = self.scale_yx
+        b = _as_tensor(boxes_xyxy).reshape(-1, 4).float()
         oy, ox = self.offset_yx
-        out = (b - np.array([ox, oy, ox, oy])) / np.array([sx, sy, sx, sy])
+        if oy or ox:
+            b = b - b.new_tensor([ox, oy, ox, oy])
+        (h, w), (sh, sw) = self.original_size, self.scaled_size
+        f32 = dict(dtype=torch.float32, device=b.device)
+        ratio_h = torch.tensor(h, **f32) / torch.tensor(sh, **f32)
+        ratio_w = torch.tensor(w, **f32) / torch.tensor(sw, **f32)
+        x1, y1, x2, y2 = b.unbind(1)
+        xs, ys = torch.stack((x1 * ratio_w, x2 * ratio_w), 1), torch.stack((y1 * ratio_h, y2 * ratio_h), 1)
         if clip:
-            h, w = self.original_size
-            out = np.clip(out, 0, np.array([w, h, w, h], dtype=np.float64))
-        return out.astype(np.float32)
+            xs, ys = xs.clamp(0, w), ys.clamp(0, h)
+        out = torch.stack((xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]), dim=1)
+        return out if isinstance(boxes_xyxy, torch.Tensor) else out.numpy()
 
     # ------------------------------------------------------------------ images and masks
     def apply_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -251,6 +280,11 @@ class ResizeInfo:
         if top or bottom or left or right:
             return F.pad(t, (left, right, top, bottom))
         return t
+
+
+def _as_tensor(a: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A tensor as is; anything else (numpy, lists) as a float64 tensor."""
+    return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a, dtype=np.float64))
 
 
 def _crop_source(original: tuple[int, int], scaled: tuple[int, int], crop: tuple[int, int, int, int]
@@ -312,8 +346,9 @@ def _crop_masks(masks: np.ndarray | torch.Tensor, original: tuple[int, int], sca
     return out
 
 
-def resize_image(
-    image: torch.Tensor,
+def plan_resize(
+    height: int,
+    width: int,
     mode: str,
     min_dim: int,
     max_dim: int,
@@ -321,20 +356,26 @@ def resize_image(
     *,
     jitter: float = 1.0,
     rng: np.random.Generator | None = None,
-) -> tuple[torch.Tensor, ResizeInfo]:
-    """Resize a float ``[C, H, W]`` image per ``mode``; returns ``(image [C, H', W'], ResizeInfo)``.
+    name: str = "image",
+) -> ResizeInfo:
+    """The geometry of resizing an ``height x width`` image per ``mode`` (no pixels touched).
 
     Args:
-        image: float tensor ``[C, H, W]`` (values are interpolated as they are, e.g. ``[0, 1]``).
         mode: one of :data:`RESIZE_MODES` (see the module docstring for their exact semantics).
         min_dim, max_dim, min_scale: ``Config.image_min_dim``, ``image_max_dim``, ``image_min_scale``.
         jitter: training scale augmentation, multiplies the mode's scale (1.0 = none).
         rng: source of the random crop position; required for ``crop``.
+        name: the image's name in the :class:`~maskrcnn.errors.DataError` of a size that cannot
+            work (a side enlarged past :data:`MAX_RESIZED_SIDE`).
     """
-    if not torch.is_floating_point(image) or image.dim() != 3:
-        raise ValueError(f"resize_image expects a float [C, H, W] tensor, got {image.dtype} {tuple(image.shape)}")
-    h, w = int(image.shape[1]), int(image.shape[2])
+    h, w = int(height), int(width)
+    if h < 1 or w < 1:
+        raise DataError(f"{name}: image of {h}x{w} pixels has no pixels; pass an image at least 1x1")
     scale, (sh, sw) = compute_scale(h, w, mode, min_dim, max_dim, min_scale, jitter)
+    if max(sh, sw) > MAX_RESIZED_SIDE and max(sh, sw) > max(h, w):
+        raise DataError(f"{name}: image_resize_mode={mode} would resize this {h}x{w} image to {sh}x{sw} "
+                        f"(scale {scale:.4g}, over the {MAX_RESIZED_SIDE}-pixel side limit); use image_resize_mode "
+                        "minmax or square for images of this aspect ratio, or crop the image")
     padding = ((0, 0), (0, 0))
     crop = None
     out_size = (sh, sw)
@@ -358,5 +399,27 @@ def resize_image(
         window = (0, 0, min_dim, min_dim)
     else:
         window = (padding[0][0], padding[1][0], padding[0][0] + sh, padding[1][0] + sw)
-    info = ResizeInfo(mode, (h, w), float(scale), (sh, sw), out_size, window, padding, crop)
+    return ResizeInfo(mode, (h, w), float(scale), (sh, sw), out_size, window, padding, crop)
+
+
+def resize_image(
+    image: torch.Tensor,
+    mode: str,
+    min_dim: int,
+    max_dim: int,
+    min_scale: float = 0.0,
+    *,
+    jitter: float = 1.0,
+    rng: np.random.Generator | None = None,
+    name: str = "image",
+) -> tuple[torch.Tensor, ResizeInfo]:
+    """Resize a float ``[C, H, W]`` image per ``mode``; returns ``(image [C, H', W'], ResizeInfo)``.
+
+    :func:`plan_resize` (same arguments) then :meth:`ResizeInfo.apply_image`; values are
+    interpolated as they are (e.g. ``[0, 1]``), padding is 0.
+    """
+    if not torch.is_floating_point(image) or image.dim() != 3:
+        raise ValueError(f"resize_image expects a float [C, H, W] tensor, got {image.dtype} {tuple(image.shape)}")
+    info = plan_resize(int(image.shape[1]), int(image.shape[2]), mode, min_dim, max_dim, min_scale,
+                       jitter=jitter, rng=rng, name=name)
     return info.apply_image(image), info

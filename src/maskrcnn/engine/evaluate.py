@@ -34,9 +34,20 @@ def mask_ap_evaluator(dataset: Any, max_images: int | None = None, batch_size: i
         if "gt" not in cache:
             ids = [int(i) for i in dataset.image_ids][:max_images]
             cache["gt"] = dataset_to_coco(dataset, ids)
-        report = evaluate_model(model, dataset, batch_size=batch_size, max_images=max_images, gt_coco=cache["gt"])
+        report = evaluate_model(_validation_predictor(model), dataset, batch_size=batch_size, max_images=max_images,
+                                gt_coco=cache["gt"])
         coco = report["coco"]
         return {"mask_ap": float(coco["segm"]["AP"]), "mask_ap50": float(coco["segm"]["AP50"]),
                 "box_ap": float(coco["bbox"]["AP"]), "box_ap50": float(coco["bbox"]["AP50"])}
 
     return evaluate
+
+
+def _validation_predictor(model: nn.Module) -> Any:
+    """The predictor that validates ``model``: a ``crop``-trained model (which cannot detect in its
+    training mode) is validated on whole images at its training scale (``pad64``), as Matterport's
+    nucleus sample does; ``maskrcnn detect`` and ``evaluate`` ask the user to choose instead."""
+    from ..inference.predictor import Predictor
+
+    crop = getattr(getattr(model, "config", None), "image_resize_mode", None) == "crop"
+    return Predictor(model, device=next(model.parameters()).device, resize_mode="pad64" if crop else None)

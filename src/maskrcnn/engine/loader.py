@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import Config
+from ..structures import Batch
 from .samplers import TrainingSampler
 
 __all__ = [
@@ -31,15 +31,6 @@ __all__ = [
     "move_to_device",
     "image_references",
 ]
-
-
-@dataclass
-class Batch:
-    """One loader batch: images and targets that loaded, and references of those that did not."""
-
-    images: list[torch.Tensor]
-    targets: list[dict[str, Any]]
-    skipped: list[str] = field(default_factory=list)
 
 
 def as_training_dataset(dataset: Any, config: Config, train: bool, seed: int) -> tuple[Any, Callable]:
@@ -67,11 +58,10 @@ def default_collate(batch: Sequence[Any]) -> Batch:
 def unpack_batch(batch: Any) -> Batch:
     """Normalise what a collate function returned into a :class:`Batch`.
 
-    Accepted: a :class:`Batch`; an object with ``images``, ``targets`` and optionally ``skipped``;
-    a tuple ``(images, targets)`` or ``(images, targets, skipped)``.
+    Accepted: a :class:`~maskrcnn.structures.Batch` or another object with ``images``, ``targets``
+    and optionally ``skipped``; a tuple ``(images, targets)`` or ``(images, targets, skipped)``.
+    Skipped samples become ``"reference (message)"`` lines.
     """
-    if isinstance(batch, Batch):
-        return batch
     if hasattr(batch, "images") and hasattr(batch, "targets"):
         return Batch(list(batch.images), list(batch.targets), [_describe_skip(s) for s in getattr(batch, "skipped", []) or []])
     if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):

@@ -101,9 +101,17 @@ class Predictor:
     original pixels, class ids and names, scores, and bool masks at the original size (a pixel
     belongs to an instance when its mask probability is ``>= config.mask_threshold``, 0.5 by
     default).
+
+    Images go through the model's input transform (``model.transform``: normalise, resize per
+    ``Config.image_resize_mode``, pad, and boxes back to original pixels). ``resize_mode`` detects
+    with another mode than the model's config says: a ``crop``-trained model needs one
+    (``"pad64"``: its training scale on the whole image), as ``crop`` itself is refused with a
+    :class:`~maskrcnn.config.ConfigError`.
     """
 
-    def __init__(self, model: MaskRCNN, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: MaskRCNN, device: str | torch.device = "cpu", *, resize_mode: str | None = None) -> None:
+        from ..modeling.transform import InputTransform, check_inference_mode
+
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         if model.config.fast:
@@ -113,7 +121,11 @@ class Predictor:
 
             self.model = copy.deepcopy(self.model)
             fold_batchnorm(self.model)
-        self.config: Config = model.config
+        self.config: Config = (model.config if resize_mode is None
+                               else model.config.replace(image_resize_mode=resize_mode))
+        check_inference_mode(self.config.image_resize_mode)
+        self.transform = (self.model.transform if resize_mode is None
+                          else InputTransform(self.config).to(self.device))
         c = self.config
         self.class_names = list(c.class_names) if c.class_names else ["BG"] + [str(i) for i in range(1, c.num_classes)]
         self._warned: set[str] = set()
@@ -128,7 +140,9 @@ class Predictor:
         """Any supported input -> ``[H, W, C]`` array with the model's channel count.
 
         Grayscale into an RGB model is replicated and a constant alpha channel dropped, each with a
-        warning; any other channel mismatch is a :class:`DataError`.
+        warning; any other channel mismatch is a :class:`DataError`, and so is a size the resize
+        mode cannot take (a side enlarged past ``maskrcnn.data.resize.MAX_RESIZED_SIDE``), so that
+        folder and stream runs report and skip such an image.
         """
         from ..data.images import read_image
 
@@ -181,6 +195,7 @@ class Predictor:
             else:
                 raise DataError(f"{name}: image has {have} channels but the model takes {want}; convert the image "
                                 f"or use a model with image_channel_count: {have}")
+        self.transform.plan(int(arr.shape[0]), int(arr.shape[1]), name)
         return arr
 
     # ------------------------------------------------------------------ detection
@@ -190,7 +205,8 @@ class Predictor:
         """Detect on one image or a sequence; returns one :class:`Detections` per image.
 
         ``score_threshold`` drops detections below it (the model itself keeps scores above
-        ``config.detection_min_confidence``).
+        ``config.detection_min_confidence``). An image this resize mode cannot take (a side
+        enlarged past ``maskrcnn.data.resize.MAX_RESIZED_SIDE``) is a ``DataError`` naming it.
         """
         if isinstance(images, Tensor) and images.dim() == 4:
             images = list(images)  # a [B, C, H, W] batch
@@ -231,27 +247,12 @@ class Predictor:
              mask_threshold: float | None) -> list[Detections]:
         from ..data.images import to_float_tensor
 
-        c = self.config
-        thr = c.mask_threshold if mask_threshold is None else mask_threshold
-        sizes = [(a.shape[0], a.shape[1]) for a, _ in batch]
-        if c.image_resize_mode == "minmax":
-            tensors = [to_float_tensor(a).to(self.device) for a, _ in batch]
-            raw = self.model.detect_tensors(tensors, sizes, score_threshold=score_threshold)
-        else:
-            from ..data.pipeline import prepare_for_inference
-
-            cfg = c if c.image_resize_mode != "crop" else c.model_copy(update={"image_resize_mode": "pad64"})
-            prepared = [prepare_for_inference(a, cfg) for a, _ in batch]
-            tensors = [t.to(self.device) for t, _ in prepared]
-            raw = self.model.detect_tensors(tensors, [tuple(t.shape[-2:]) for t in tensors], resize=False,
-                                            score_threshold=score_threshold, windows=[i.window for _, i in prepared])
-            for r, (_, info) in zip(raw, prepared):
-                r["boxes"] = torch.as_tensor(info.boxes_to_original(r["boxes"].cpu().numpy()), device=self.device)
+        thr = self.config.mask_threshold if mask_threshold is None else mask_threshold
+        tensors = [to_float_tensor(a).to(self.device) for a, _ in batch]
+        raw = self.model.detect(tensors, score_threshold=score_threshold, transform=self.transform)
         out = []
-        for r, size, (_, fname) in zip(raw, sizes, batch):
-            if score_threshold is not None:
-                keep = r["scores"] >= score_threshold
-                r = {k: v[keep] for k, v in r.items()}
+        for r, (a, fname) in zip(raw, batch):
+            size = (a.shape[0], a.shape[1])
             masks = paste_masks(r["mask_probs"], r["boxes"], size, threshold=thr)
             out.append(Detections(
                 boxes=r["boxes"].float().cpu().numpy(), class_ids=r["labels"].cpu().numpy(),

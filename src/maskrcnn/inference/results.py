@@ -1,16 +1,70 @@
-"""Detections of one image and their conversions (COCO results, Matterport's dict)."""
+"""Detections of one image and their conversions (COCO results, Matterport's dict).
+
+:class:`InstanceResults` holds what every result type shares (class names, score filter, COCO
+results); :class:`Detections` (full-size masks) and
+:class:`maskrcnn.inference.tiling.TiledDetections` (masks cropped to each instance) add how their
+masks are stored: ``select(indices)`` and ``rle()``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
-__all__ = ["Detections"]
+__all__ = ["InstanceResults", "Detections"]
+
+ResultsT = TypeVar("ResultsT", bound="InstanceResults")
+
+
+class InstanceResults:
+    """Shared behaviour of per-image results with ``boxes [N, 4]`` xyxy, ``class_ids [N]``,
+    ``scores [N]``, ``class_names`` and ``file_name`` attributes; subclasses implement
+    :meth:`select` and :meth:`rle`."""
+
+    boxes: np.ndarray
+    class_ids: np.ndarray
+    scores: np.ndarray
+    class_names: list[str]
+    file_name: str | None
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def names(self) -> list[str]:
+        """Class name of each detection."""
+        return [self.class_names[c] if c < len(self.class_names) else str(c) for c in self.class_ids.tolist()]
+
+    def select(self: ResultsT, indices: np.ndarray) -> ResultsT:
+        """The detections at ``indices`` (in that order), as a new object of the same type."""
+        raise NotImplementedError
+
+    def rle(self) -> list[dict]:
+        """COCO RLE (``counts`` as str) of each mask at the full image size."""
+        raise NotImplementedError
+
+    def filter(self: ResultsT, min_score: float) -> ResultsT:
+        """The detections scoring at least ``min_score``."""
+        return self.select(np.flatnonzero(self.scores >= min_score))
+
+    def to_coco(self, image_id: int, category_ids: list[int] | None = None) -> list[dict]:
+        """COCO results: ``image_id``, ``category_id``, ``bbox`` (x, y, w, h), ``score``, ``segmentation`` (RLE),
+        plus ``file_name`` when known. ``category_ids[class_id]`` maps class ids to dataset ids."""
+        out = []
+        for box, cid, score, seg in zip(self.boxes.tolist(), self.class_ids.tolist(), self.scores.tolist(), self.rle()):
+            x1, y1, x2, y2 = box
+            d = {"image_id": int(image_id), "category_id": int(category_ids[cid] if category_ids else cid),
+                 "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score), "segmentation": seg}
+            if self.file_name is not None:
+                d["file_name"] = self.file_name
+            out.append(d)
+        return out
 
 
 @dataclass
-class Detections:
+class Detections(InstanceResults):
     """Detections of one image, in its original pixel coordinates.
 
     Attributes:
@@ -31,17 +85,8 @@ class Detections:
     image_size: tuple[int, int] = (0, 0)
     file_name: str | None = None
 
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
-    @property
-    def names(self) -> list[str]:
-        """Class name of each detection."""
-        return [self.class_names[c] if c < len(self.class_names) else str(c) for c in self.class_ids.tolist()]
-
-    def filter(self, min_score: float) -> "Detections":
-        keep = self.scores >= min_score
-        return Detections(self.boxes[keep], self.class_ids[keep], self.scores[keep], self.masks[keep],
+    def select(self, indices: np.ndarray) -> "Detections":
+        return Detections(self.boxes[indices], self.class_ids[indices], self.scores[indices], self.masks[indices],
                           self.class_names, self.image_size, self.file_name)
 
     def rle(self) -> list[dict]:
@@ -49,19 +94,6 @@ class Detections:
         from ..data.rle import encode_masks
 
         return encode_masks(self.masks)
-
-    def to_coco(self, image_id: int, category_ids: list[int] | None = None) -> list[dict]:
-        """COCO results: ``image_id``, ``category_id``, ``bbox`` (x, y, w, h), ``score``, ``segmentation`` (RLE),
-        plus ``file_name`` when known. ``category_ids[class_id]`` maps class ids to dataset ids."""
-        out = []
-        for box, cid, score, seg in zip(self.boxes.tolist(), self.class_ids.tolist(), self.scores.tolist(), self.rle()):
-            x1, y1, x2, y2 = box
-            d = {"image_id": int(image_id), "category_id": int(category_ids[cid] if category_ids else cid),
-                 "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score), "segmentation": seg}
-            if self.file_name is not None:
-                d["file_name"] = self.file_name
-            out.append(d)
-        return out
 
     def to_matterport(self) -> dict[str, np.ndarray]:
         """Matterport's ``detect`` dict: ``rois [N, (y1, x1, y2, x2)]`` int32, ``class_ids``, ``scores``,

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError, MaskRCNNError
-from .results import Detections
+from .results import Detections, InstanceResults
 
 if TYPE_CHECKING:
     from .predictor import Predictor
@@ -260,7 +260,7 @@ def crop_to_rle(crop: np.ndarray, y0: int, x0: int, height: int, width: int) -> 
 
 
 @dataclass
-class TiledDetections:
+class TiledDetections(InstanceResults):
     """Detections of a large image in its original pixel coordinates, with compact masks.
 
     Attributes:
@@ -281,13 +281,6 @@ class TiledDetections:
     image_size: tuple[int, int] = (0, 0)
     file_name: str | None = None
     tiles: list[tuple[int, int, int, int]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
-    @property
-    def names(self) -> list[str]:
-        return [self.class_names[c] if c < len(self.class_names) else str(c) for c in self.class_ids.tolist()]
 
     @property
     def areas(self) -> np.ndarray:
@@ -315,30 +308,15 @@ class TiledDetections:
             out[ya - y0: yb - y0, xa - x0: xb - x0] = crop[ya - oy: yb - oy, xa - ox: xb - ox]
         return out
 
-    def filter(self, min_score: float) -> "TiledDetections":
-        keep = np.flatnonzero(self.scores >= min_score)
-        return TiledDetections(self.boxes[keep], self.class_ids[keep], self.scores[keep],
-                               [self.mask_crops[i] for i in keep], self.mask_offsets[keep], self.class_names,
+    def select(self, indices: np.ndarray) -> "TiledDetections":
+        return TiledDetections(self.boxes[indices], self.class_ids[indices], self.scores[indices],
+                               [self.mask_crops[i] for i in indices], self.mask_offsets[indices], self.class_names,
                                self.image_size, self.file_name, self.tiles)
 
     def rle(self) -> list[dict]:
         """COCO RLE of each mask at the full image size (encoded from the crops)."""
         h, w = self.image_size
         return [crop_to_rle(c, int(o[0]), int(o[1]), h, w) for c, o in zip(self.mask_crops, self.mask_offsets)]
-
-    def to_coco(self, image_id: int, category_ids: list[int] | None = None) -> list[dict]:
-        """COCO results, as :meth:`Detections.to_coco` (RLE over the full image, bbox x, y, w, h)."""
-        out = []
-        h, w = self.image_size
-        for i, (box, cid, score) in enumerate(zip(self.boxes.tolist(), self.class_ids.tolist(), self.scores.tolist())):
-            x1, y1, x2, y2 = box
-            seg = crop_to_rle(self.mask_crops[i], int(self.mask_offsets[i, 0]), int(self.mask_offsets[i, 1]), h, w)
-            d = {"image_id": int(image_id), "category_id": int(category_ids[cid] if category_ids else cid),
-                 "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score), "segmentation": seg}
-            if self.file_name is not None:
-                d["file_name"] = self.file_name
-            out.append(d)
-        return out
 
     def to_detections(self) -> Detections:
         """A :class:`Detections` with full-size ``[N, H, W]`` masks (only for images that fit in memory N times)."""

@@ -16,7 +16,8 @@ from .box_head import BoxPredictor, ConvFCHead, TwoMLPHead
 from .mask_head import MaskHead, MaskPredictor
 from .roi_heads import RoIHeads
 from .rpn import RegionProposalNetwork, RPNHead
-from .transform import batch_images, normalize_input, rescale_boxes, resize_minmax
+from ..structures import ImageBatch
+from .transform import InputTransform
 
 __all__ = ["MaskRCNN", "build_model"]
 
@@ -34,6 +35,9 @@ class MaskRCNN(nn.Module):
       size; returns per image ``boxes [N, 4]`` (x1, y1, x2, y2 in original pixels), ``labels [N]``,
       ``scores [N]`` and ``mask_probs [N, M, M]`` (probabilities inside each box; paste them with
       :func:`maskrcnn.inference.paste.paste_masks`).
+
+    ``self.transform`` (:class:`~maskrcnn.modeling.transform.InputTransform`) prepares the images
+    in both modes (normalise; resize at inference; pad into one batch) and maps boxes back.
     """
 
     def __init__(self, config: Config, backbone: BackboneWithFPN, rpn: RegionProposalNetwork, roi_heads: RoIHeads) -> None:
@@ -42,63 +46,55 @@ class MaskRCNN(nn.Module):
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
-        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean, dtype=torch.float32), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(config.pixel_std, dtype=torch.float32), persistent=False)
+        self.transform = InputTransform(config)
 
     # ------------------------------------------------------------------ input
-    def preprocess(self, images: list[Tensor], resize: bool,
-                   windows: list[tuple[int, int, int, int] | None] | None = None) -> tuple[Tensor, list[tuple[int, int]]]:
-        """Normalise (and, for inference, resize) each image and pad them into one batch.
+    def preprocess(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> ImageBatch:
+        """The network's :class:`~maskrcnn.structures.ImageBatch` of ``images`` (see :attr:`transform`).
 
-        ``windows``: per image the ``(y1, x1, y2, x2)`` of its real pixels when the data pipeline
-        zero-padded it (``square`` / ``pad64``), or None; see :func:`normalize_input`.
-        Returns the batch ``[B, C, H, W]`` and each image's size inside it.
+        With ``targets`` (training) the images come resized by the data pipeline and are only
+        normalised (with each target's ``window``) and padded; without, they are resized per
+        ``Config.image_resize_mode``.
         """
-        c = self.config
-        out = []
-        for k, img in enumerate(images):
-            if img.dim() != 3 or img.shape[0] != c.image_channel_count:
-                raise ValueError(f"expected images [C={c.image_channel_count}, H, W], got {tuple(img.shape)}")
-            img = normalize_input(img, self.pixel_mean.to(img.dtype), self.pixel_std.to(img.dtype),
-                                  c.image_normalization, c.invert_bright_images, None if windows is None else windows[k])
-            if resize:
-                if c.image_resize_mode != "minmax":
-                    raise NotImplementedError("model-side resizing supports minmax; use maskrcnn.data.resize for other modes")
-                img = resize_minmax(img, c.image_min_dim, c.image_max_dim)
-            out.append(img)
-        return batch_images(out, c.size_divisibility), [(int(i.shape[1]), int(i.shape[2])) for i in out]
+        if targets is None:
+            return self.transform(images, resize=True)
+        return self.transform(images, resize=False, windows=[t.get("window") for t in targets],
+                              original_sizes=[tuple(t["orig_size"]) if "orig_size" in t else tuple(i.shape[-2:])
+                                              for t, i in zip(targets, images)])
 
     # ------------------------------------------------------------------ forward
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):  # type: ignore[no-untyped-def]
         if self.training:
             if targets is None:
                 raise ValueError("training mode needs targets; call model.eval() for inference")
-            batch, sizes = self.preprocess(images, resize=False, windows=[t.get("window") for t in targets])
-            feats = self.backbone(batch)
-            proposals, rpn_losses = self.rpn(feats, tuple(batch.shape[-2:]), sizes, targets)
-            _, head_losses = self.roi_heads(feats, proposals, sizes, targets)
+            batch = self.preprocess(images, targets)
+            feats = self.backbone(batch.tensor)
+            proposals, rpn_losses = self.rpn(feats, batch.padded_size, batch.image_sizes, targets)
+            _, head_losses = self.roi_heads(feats, proposals, batch.image_sizes, targets)
             return {**rpn_losses, **head_losses}
-        original = [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
-        return self.detect_tensors(images, original)
+        return self.detect(images)
 
     @torch.no_grad()
-    def detect_tensors(self, images: list[Tensor], original_sizes: list[tuple[int, int]],
-                       resize: bool = True, score_threshold: float | None = None,
-                       windows: list[tuple[int, int, int, int] | None] | None = None) -> list[dict[str, Tensor]]:
-        """Detect on ``[C, H, W]`` images in [0, 1]. With ``resize`` the model applies the minmax resize
-        and maps boxes back to ``original_sizes``; without, images are used as given (already resized
-        by :func:`maskrcnn.data.pipeline.prepare_for_inference`) and boxes stay in their coordinates.
+    def detect(self, images: list[Tensor], score_threshold: float | None = None,
+               transform: InputTransform | None = None) -> list[dict[str, Tensor]]:
+        """Detect on ``[C, H, W]`` images in [0, 1] at their original size; boxes in original pixels.
+
         ``score_threshold`` drops detections below it before the mask head runs (masks are only
-        computed for what is returned; the rest is unchanged). ``windows``: the real pixels of
-        zero-padded images (:meth:`preprocess`)."""
-        batch, sizes = self.preprocess(images, resize=resize, windows=windows)
-        feats = self.backbone(batch)
-        proposals, _ = self.rpn(feats, tuple(batch.shape[-2:]), sizes)
-        results = self.roi_heads.detect(feats, proposals, sizes, score_threshold=score_threshold)
-        if resize:
-            for r, s, o in zip(results, sizes, original_sizes):
-                r["boxes"] = rescale_boxes(r["boxes"], s, o)
-        return results
+        computed for what is returned; the rest is unchanged). ``transform``: another input
+        transform than :attr:`transform` (e.g. ``pad64`` for a ``crop``-trained model, see
+        :func:`~maskrcnn.modeling.transform.check_inference_mode`).
+        """
+        transform = self.transform if transform is None else transform
+        batch = transform(images, resize=True)
+        return transform.postprocess(self.detect_batch(batch, score_threshold), batch)
+
+    @torch.no_grad()
+    def detect_batch(self, batch: ImageBatch, score_threshold: float | None = None) -> list[dict[str, Tensor]]:
+        """Detect on a prepared :class:`~maskrcnn.structures.ImageBatch`; boxes in the batch's pixels
+        (map them back with ``transform.postprocess``)."""
+        feats = self.backbone(batch.tensor)
+        proposals, _ = self.rpn(feats, batch.padded_size, batch.image_sizes)
+        return self.roi_heads.detect(feats, proposals, batch.image_sizes, score_threshold=score_threshold)
 
 
 def build_model(config: Config) -> MaskRCNN:
