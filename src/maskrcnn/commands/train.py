@@ -177,7 +177,8 @@ def _resume_config(args: argparse.Namespace, run_dir: Path) -> Any:
         _note(note)
     if args.config:
         given = Config.from_yaml(args.config).model_dump()
-        differ = [k for k, v in config.model_dump().items() if given.get(k) != v]
+        differ = [k for k, v in config.model_dump().items()
+                  if given.get(k) != v and not (k == "class_names" and given.get(k) is None)]  # names: from the data
         if differ:
             _note(f"--config {args.config}: differs from the run's config.yaml in {', '.join(differ[:6])}"
                   f"{', ...' if len(differ) > 6 else ''}; the run continues with its own config "

@@ -210,9 +210,9 @@ def load_pair(manager: CheckpointManager, stem: str, model: torch.nn.Module | No
         except (OSError, ValueError) as exc:
             raise BadCheckpoint(p, str(exc)) from None
     if strict:
-        _check_state_tensors(tensors, state, spath, optimizer)
         expected = None if model is None else getattr(model, "module", model).state_dict()
         _check_weights(weights, wmeta, wpath, expected)
+        _check_state_tensors(tensors, state, spath, optimizer)
     return weights, tensors, state
 
 
