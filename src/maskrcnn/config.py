@@ -246,7 +246,9 @@ class Config(BaseModel):
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.model_dump(), sort_keys=False)
         if path is not None:
-            Path(path).write_text(text)
+            from .utils.files import atomic_write_text
+
+            atomic_write_text(path, text)
         return text
 
     @classmethod

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from .config import Config
 from .errors import WeightsError
+from .utils.files import atomic_write, fsync_path
 
 __all__ = [
     "NAMED_WEIGHTS", "COCO_CLASSES", "resolve_named", "cache_dir", "download",
@@ -103,39 +104,36 @@ def download(url: str, file: str, *, progress: bool = True) -> Path:
     for candidate in (target, torch_hub):
         if candidate.is_file():
             return candidate
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=file + ".", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=30) as resp:
-                    total = int(resp.headers.get("Content-Length") or 0)
-                    bar = None
-                    if progress:
-                        from tqdm import tqdm
+    prefix = _expected_prefix(file)
 
-                        bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=file, leave=False)
-                    while chunk := resp.read(1 << 20):
-                        out.write(chunk)
-                        if bar is not None:
-                            bar.update(len(chunk))
+    def fetch(out: Any) -> None:  # into atomic_write's temporary file: kept only when complete and checked
+        digest = hashlib.sha256()
+        try:
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                total = int(resp.headers.get("Content-Length") or 0)
+                bar = None
+                if progress:
+                    from tqdm import tqdm
+
+                    bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=file, leave=False)
+                while chunk := resp.read(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
                     if bar is not None:
-                        bar.close()
-            except (urllib.error.URLError, OSError, TimeoutError, ValueError, http.client.HTTPException) as exc:
-                reason = " ".join(str(getattr(exc, "reason", exc)).split()) or type(exc).__name__
-                raise WeightsError(f"cannot download {url} ({reason}); offline? download it elsewhere and "
-                                   f"put the file at {target}") from None
-        prefix = _expected_prefix(file)
-        if prefix is not None:
-            digest = _sha256(tmp)
-            if not digest.startswith(prefix):
-                raise WeightsError(f"{url}: SHA-256 {digest[:12]}... does not start with {prefix} (corrupt or "
-                                   f"truncated download, nothing was kept); retry, or put a good copy at {target}")
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+                        bar.update(len(chunk))
+                if bar is not None:
+                    bar.close()
+        except (urllib.error.URLError, OSError, TimeoutError, ValueError, http.client.HTTPException) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, urllib.error.URLError):
+                raise  # writing failed (a full disk): atomic_write reports it with the file name
+            reason = " ".join(str(getattr(exc, "reason", exc)).split()) or type(exc).__name__
+            raise WeightsError(f"cannot download {url} ({reason}); offline? download it elsewhere and "
+                               f"put the file at {target}") from None
+        if prefix is not None and not digest.hexdigest().startswith(prefix):
+            raise WeightsError(f"{url}: SHA-256 {digest.hexdigest()[:12]}... does not start with {prefix} (corrupt or "
+                               f"truncated download, nothing was kept); retry, or put a good copy at {target}")
+
+    atomic_write(target, fetch)
     return target
 
 
@@ -337,9 +335,7 @@ def is_checkpoint(path: str | Path) -> bool:
 def save_checkpoint(model: nn.Module, config: Config, path: str | Path, extra_meta: dict[str, str] | None = None) -> Path:
     """Write weights and config atomically: ``path`` ending ``.safetensors`` -> one file (config in
     metadata); otherwise a folder with ``model.safetensors`` and ``config.yaml``."""
-    from safetensors.torch import save_file
-
-    from .engine.checkpoint import fsync_path as _fsync
+    from safetensors.torch import save, save_file
 
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -347,17 +343,8 @@ def save_checkpoint(model: nn.Module, config: Config, path: str | Path, extra_me
     meta.update(extra_meta or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            save_file(state, str(tmp), metadata=meta)
-            _fsync(tmp)  # the data is on disk before the rename makes it the checkpoint
-            os.replace(tmp, path)
-            _fsync(path.parent)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        data = save(state, metadata=meta)
+        atomic_write(path, lambda fh: fh.write(data))
         return path
     # folder form: write a sibling temp folder, then swap it in (the old folder is moved aside first,
     # because a folder cannot be renamed over a non-empty one)
@@ -367,7 +354,7 @@ def save_checkpoint(model: nn.Module, config: Config, path: str | Path, extra_me
         save_file(state, str(tmp_dir / "model.safetensors"), metadata=meta)
         config.to_yaml(tmp_dir / "config.yaml")
         for f in (tmp_dir / "model.safetensors", tmp_dir / "config.yaml", tmp_dir):
-            _fsync(f)
+            fsync_path(f)
         if path.is_dir():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".", suffix=".old"))
             os.replace(path, old / "ckpt")

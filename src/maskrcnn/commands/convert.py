@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from ..errors import DataError
+from ..utils.files import ensure_output_file
 
 __all__ = ["add_parser", "run"]
 
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise DataError(f"--out {out}: give a .json file name")
+    ensure_output_file(out)
     dataset = load_dataset(args.src, args.format, **parse_options(args.option))
     coco = write_coco(dataset, out)
     n_inst = sum(1 for a in coco["annotations"] if not a["iscrowd"])

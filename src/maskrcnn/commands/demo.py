@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..utils.files import atomic_write_text
+
 __all__ = [
     "add_parser",
     "run",
@@ -112,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import ConfigError
     from ..configs import load_preset
+    from ..utils.files import ensure_output_dir
 
     settings = DemoSettings(**{**asdict(QUICK), "overrides": dict(QUICK.overrides)}) if args.quick else DemoSettings()
     if args.minutes is not None:
@@ -128,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             settings.overrides[key.strip()] = yaml.safe_load(raw)
     if args.seed is not None:
         settings.overrides["seed"] = int(args.seed)
-    result = run_demo(settings, Path(args.out))
+    result = run_demo(settings, ensure_output_dir(args.out))
     m = result["metrics"]
     print(f"mask AP50 (COCO, {m['val_images']} validation images): {m['mask_ap50']:.4f}")
     print(f"VOC mAP@0.5 (masks, Matterport): {m['voc_map50']:.4f}")
@@ -597,7 +600,7 @@ def run_demo(settings: DemoSettings, out: Path, log: Callable[[str], None] = pri
         "outputs": {"checkpoint": str(ckpt), "loss_curves": None if curves is None else str(curves),
                     "overlays": [str(p) for p in overlays], "report": str(out / "report.json")},
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     return {"metrics": metrics, "report": report, "overlays": overlays, "stats": stats, "model": model,
             "config": config, "val_dataset": val_ds, "detections": dets}
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
+from functools import partial
 from pathlib import Path
 
 from ..errors import DataError, MaskRCNNError
+from ..utils.files import atomic_write, atomic_write_json, ensure_output_dir
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
@@ -47,12 +47,6 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return files
 
 
-def _atomic_json(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -66,9 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if args.tile is not None and not 0 <= args.tile_overlap < args.tile:
         raise MaskRCNNError(f"--tile-overlap {args.tile_overlap}: must be >= 0 and smaller than --tile {args.tile}")
     files = collect_images(args.inputs)
+    out = ensure_output_dir(args.out)
     predictor = load(args.weights, config=args.config, device=args.device, fast=args.fast or None)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     images: list[dict] = []
     skipped: list[tuple[Path, str]] = []
@@ -102,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                     k += 1
                     name = f"{stem}_{k}"
                 names_used.add(name)
-                overlay(arr, det).save(out / f"{name}.png")
+                atomic_write(out / f"{name}.png", partial(overlay(arr, det).save, format="PNG"))
             bar.set_postfix(dets=len(det))
         batch.clear()
 
@@ -135,9 +128,8 @@ def run(args: argparse.Namespace) -> int:
         if len(batch) >= args.batch_size:
             flush()
     flush()
-    _atomic_json(results, out / "detections.json")
-    _atomic_json({"images": images, "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(predictor.class_names) if i > 0]},
-                 out / "images.json")
+    atomic_write_json(out / "detections.json", results)
+    atomic_write_json(out / "images.json", {"images": images, "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(predictor.class_names) if i > 0]})
     print(f"{len(images)} images, {len(results)} detections (score >= {args.score}) -> {out / 'detections.json'}"
           + (f"; skipped {len(skipped)} unreadable: {', '.join(str(p) for p, _ in skipped[:5])}" if skipped else ""))
     return 0

@@ -72,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.classes import describe_match
     from ..evaluation.run import NothingEvaluated
     from ..inference.predictor import load
+    from ..utils.files import ensure_output_dir
 
     _check_args(args)
+    ensure_output_dir(args.out)
     dataset = load_dataset(args.data, format=args.format)
     predictor = load(args.weights, config=args.config, device=args.device)
     out = Path(args.out)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 __all__ = ["add_parser", "run"]
 
@@ -67,8 +66,11 @@ def _image_size(text: str | None) -> tuple[int, int] | None:
 def run(args: argparse.Namespace) -> int:
     from ..config import Config, ConfigError
     from ..engine.memory import format_bytes, plan_memory
+    from ..utils.files import atomic_write_text, ensure_output_file
 
     config = Config.from_yaml(args.config)
+    if args.write:
+        ensure_output_file(args.write, flag="--write")
     if args.overrides:
         config = config.with_overrides(args.overrides)
     device = args.device
@@ -100,8 +102,6 @@ def run(args: argparse.Namespace) -> int:
             return 1
         header = [f"# written by `maskrcnn plan` from {args.config} for {format_bytes(plan.budget)} on {device}"]
         header += [f"# changed: {k}: {old} -> {new}" for k, old, new in plan.diff()] or ["# unchanged: the config fits"]
-        path = Path(args.write)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(header) + "\n" + plan.recommended.to_yaml())
+        path = atomic_write_text(args.write, "\n".join(header) + "\n" + plan.recommended.to_yaml())
         print(f"written: {path}")
     return 0 if plan.fits else 1

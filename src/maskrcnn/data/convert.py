@@ -20,7 +20,6 @@ Masks are loaded one image at a time.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,6 +27,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import DataError
+from ..utils.files import atomic_write_json
 from . import rle as rle_codec
 from .dataset import Dataset
 from .problems import add_problem, instance_ref
@@ -90,16 +90,7 @@ def write_coco(dataset: Dataset, path: str | os.PathLike[str], image_ids: Iterab
     if path.parent and not path.parent.exists():
         raise DataError(f"{path}: folder {path.parent} does not exist; create it or choose another --out")
     coco = dataset_to_coco(dataset, image_ids, relative_to=path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(coco, fh)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot write ({exc.strerror or exc}); check the folder's permissions and free space") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_json(path, coco)
     return coco
 
 

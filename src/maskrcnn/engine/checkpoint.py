@@ -8,9 +8,9 @@ Layout inside a run directory::
     checkpoints/last                          text: the stem of the newest complete pair
     best.safetensors                          weights with the best validation metric
 
-Every file is written to a temporary name in the same folder, flushed, ``fsync``-ed and moved over
-the target with ``os.replace`` (atomic on POSIX), so a crash leaves either the old or the new file,
-never a torn one. The state file is written before the weights and the ``last`` pointer after
+Every file is written with :func:`maskrcnn.utils.files.atomic_write` (a temporary name in the same
+folder, flushed, ``fsync``-ed and moved over the target), so a crash or a full disk leaves either
+the old or the new file, never a torn one. The state file is written before the weights and the ``last`` pointer after
 both, so ``last`` always names a complete pair. Nothing is pickled: tensors go to safetensors and
 every other value to JSON in the safetensors metadata (key ``"state"``).
 """
@@ -18,10 +18,11 @@ every other value to JSON in the safetensors metadata (key ``"state"``).
 from __future__ import annotations
 
 import json
-import os
+import math
 import random
+import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,15 @@ import torch
 from safetensors.torch import load_file, save
 
 from ..errors import MaskRCNNError
+from ..utils.files import atomic_write, atomic_write_text
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CONFIG_KEY",
-    "atomic_write_bytes",
     "save_safetensors_atomic",
+    "read_safetensors_header",
     "read_safetensors_metadata",
+    "load_safetensors",
     "model_state_tensors",
     "optimizer_state",
     "load_optimizer_state",
@@ -52,54 +55,79 @@ CHECKPOINT_FORMAT = "maskrcnn/1"
 CONFIG_KEY = "maskrcnn_config"
 
 
-# --------------------------------------------------------------------------- atomic files
-
-
-def fsync_path(path: str | Path) -> None:
-    """Flush a written file, or a folder's entries, to disk (best effort where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes | Callable[[Any], None]) -> None:
-    """Write ``data`` (bytes, or a function writing to a binary file) to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            if callable(data):
-                data(fh)
-            else:
-                fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
+# --------------------------------------------------------------------------- files
 
 
 def save_safetensors_atomic(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
-    """``safetensors`` file of ``tensors`` with string ``metadata``, written atomically."""
-    atomic_write_bytes(path, save(dict(tensors), metadata=dict(metadata or {})))
+    """``safetensors`` file of ``tensors`` with string ``metadata``, written atomically
+    (:func:`maskrcnn.utils.files.atomic_write`: a full disk is a one-line error, the old file stays)."""
+    data = save(dict(tensors), metadata=dict(metadata or {}))
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+#: Largest safetensors header read (the JSON of names, shapes and metadata); real ones are ~100 KB.
+MAX_HEADER_BYTES = 64 << 20
+
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def read_safetensors_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file, checked against the file's size without reading the tensors.
+
+    Raises ``ValueError`` with a short reason (empty, truncated, not a safetensors file, a tensor
+    outside the file) instead of allocating what a corrupt length field claims.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError("empty file")
+    if size < 8:
+        raise ValueError(f"truncated ({size} bytes)")
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > min(MAX_HEADER_BYTES, size - 8):
+            raise ValueError("not a safetensors file or truncated (its header length is larger than the file)")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ValueError("not a safetensors file (unreadable header)") from None
+    if not isinstance(header, dict):
+        raise ValueError("not a safetensors file (header is not a JSON object)")
+    data_len, end = size - 8 - n, 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            if info is not None and not (isinstance(info, dict) and all(isinstance(v, str) for v in info.values())):
+                raise ValueError("not a safetensors file (metadata is not a string mapping)")
+            continue
+        try:
+            begin, stop = (int(v) for v in info["data_offsets"])
+            numel = math.prod(int(d) for d in info["shape"])
+            width = _DTYPE_BYTES[info["dtype"]]
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"not a safetensors file (bad entry for tensor {name!r})") from None
+        if not 0 <= begin <= stop or stop - begin != numel * width:
+            raise ValueError(f"not a safetensors file (bad offsets of tensor {name!r})")
+        end = max(end, stop)
+    if end > data_len:
+        raise ValueError(f"truncated ({size} bytes; its tensors need {8 + n + end})")
+    return header
 
 
 def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file, reading only its header."""
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n))
-    return dict(header.get("__metadata__") or {})
+    """The ``__metadata__`` of a safetensors file, reading only its (checked) header."""
+    return dict(read_safetensors_header(path).get("__metadata__") or {})
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; ``ValueError`` with a short reason when it cannot be read."""
+    read_safetensors_header(path)
+    try:
+        return load_file(path)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError (not an OSError)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"unreadable safetensors file ({reason})") from None
 
 
 # --------------------------------------------------------------------------- model / optimizer
@@ -219,12 +247,22 @@ class CheckpointManager:
         state_tensors: Mapping[str, torch.Tensor],
         state: Mapping[str, Any],
     ) -> Path:
-        """Write the pair ``stem``, point ``last`` at it and prune old pairs; return the weights path."""
+        """Write the pair ``stem``, point ``last`` at it and prune old pairs; return the weights path.
+
+        When a write fails (a full disk: :class:`maskrcnn.utils.files.OutputError`) the half-written
+        pair is removed and ``last`` still names the previous complete pair.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = {"format": CHECKPOINT_FORMAT, "kind": "training_state", "state": json.dumps(state)}
-        save_safetensors_atomic(self.state_path(stem), state_tensors, meta)
-        save_safetensors_atomic(self.weights_path(stem), weights, {"format": CHECKPOINT_FORMAT, **weights_meta})
-        atomic_write_bytes(self.dir / "last", (stem + "\n").encode())
+        try:
+            save_safetensors_atomic(self.state_path(stem), state_tensors, meta)
+            save_safetensors_atomic(self.weights_path(stem), weights, {"format": CHECKPOINT_FORMAT, **weights_meta})
+            atomic_write_text(self.dir / "last", stem + "\n")
+        except BaseException:
+            if stem != self.last():
+                for p in (self.state_path(stem), self.weights_path(stem)):
+                    p.unlink(missing_ok=True)
+            raise
         self.prune()
         return self.weights_path(stem)
 
@@ -233,16 +271,30 @@ class CheckpointManager:
         save_safetensors_atomic(self.best_path, weights, {"format": CHECKPOINT_FORMAT, **weights_meta})
         return self.best_path
 
+    def stems(self) -> list[str]:
+        """Stems of every checkpoint file in the folder (complete pair or not), newest written first."""
+        if not self.dir.is_dir():
+            return []
+        found: dict[str, float] = {}
+        for p in self.dir.glob("*.safetensors"):
+            if p.name.startswith("."):
+                continue
+            stem = p.name.removesuffix(".safetensors").removesuffix(".state")
+            try:
+                found[stem] = max(found.get(stem, 0.0), p.stat().st_mtime)
+            except OSError:
+                continue
+        return sorted(found, key=lambda k: (found[k], k), reverse=True)
+
     def _saved(self) -> list[tuple[int, str]]:
-        """(global step, stem) of every complete pair, oldest first."""
+        """(global step, stem) of every complete pair with a readable state header, oldest first."""
         out = []
-        for state in self.dir.glob("*.state.safetensors"):
-            stem = state.name[: -len(".state.safetensors")]
-            if not self.weights_path(stem).is_file():
+        for stem in self.stems():
+            if not (self.weights_path(stem).is_file() and self.state_path(stem).is_file()):
                 continue
             try:
-                step = int(json.loads(read_safetensors_metadata(state)["state"])["global_step"])
-            except (OSError, ValueError, KeyError, struct.error):
+                step = int(json.loads(read_safetensors_metadata(self.state_path(stem))["state"])["global_step"])
+            except (OSError, ValueError, KeyError, TypeError, struct.error):
                 continue
             out.append((step, stem))
         return sorted(out)
@@ -258,26 +310,48 @@ class CheckpointManager:
             self.weights_path(stem).unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- loading
-    def last(self) -> str | None:
-        """Stem named by the ``last`` pointer, or None."""
-        pointer = self.dir / "last"
-        if not pointer.is_file():
+    @property
+    def last_path(self) -> Path:
+        """The ``last`` pointer file."""
+        return self.dir / "last"
+
+    def read_last(self) -> str | None:
+        """The text of the ``last`` pointer (None when missing); ``ValueError`` when it is not a stem."""
+        pointer = self.last_path
+        if not pointer.exists():
             return None
-        stem = pointer.read_text().strip()
-        return stem or None
+        try:
+            with open(pointer, "rb") as fh:
+                raw = fh.read(257)
+            text = raw.decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"unreadable ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+        if not STEM_PATTERN.fullmatch(text):
+            shown = text[:40] + ("..." if len(text) > 40 else "")
+            raise ValueError(f"does not name a checkpoint ({shown!r}; expected e.g. epoch_0003)" if text else "empty")
+        return text
+
+    def last(self) -> str | None:
+        """Stem named by the ``last`` pointer, or None (missing or not a checkpoint name)."""
+        try:
+            return self.read_last()
+        except ValueError:
+            return None
+
+    def has_checkpoint(self) -> bool:
+        """True when the run has a ``last`` pointer or any checkpoint file (usable or not)."""
+        return self.last_path.exists() or bool(self.stems())
 
     def load(self, stem: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
-        """(weights, state tensors, state JSON) of ``stem`` (default: ``last``)."""
-        stem = stem or self.last()
-        if stem is None:
-            raise MaskRCNNError(f"{self.dir}: no checkpoint to resume from (no 'last' pointer); start a new run instead of --resume")
-        wpath, spath = self.weights_path(stem), self.state_path(stem)
-        for p in (wpath, spath):
-            if not p.is_file():
-                raise MaskRCNNError(f"{p}: checkpoint file missing; resume from another run or remove {self.dir / 'last'}")
-        try:
-            meta = read_safetensors_metadata(spath)
-            state = json.loads(meta["state"])
-            return load_file(wpath), load_file(spath), state
-        except (OSError, ValueError, KeyError, struct.error) as exc:
-            raise MaskRCNNError(f"{spath}: unreadable checkpoint ({exc}); resume from an earlier checkpoint") from None
+        """(weights, state tensors, state JSON) of ``stem`` (default: the newest readable pair, see
+        :func:`maskrcnn.engine.resume.find_resume_point`; the trainer checks more before resuming)."""
+        from .resume import find_resume_point, load_pair
+
+        if stem is not None:
+            return load_pair(self, stem, strict=False)
+        point = find_resume_point(self, strict=False)
+        return point.weights, point.tensors, point.state
+
+
+#: Names of checkpoint pairs (what ``last`` may contain).
+STEM_PATTERN = re.compile(r"(epoch_\d{4,}|step_\d{6,})")

@@ -13,8 +13,11 @@ import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
+
+from ..utils.files import atomic_write
 
 __all__ = ["RunLogger", "ProgressBar", "format_class_counts", "plot_loss_curves", "format_duration"]
 
@@ -213,7 +216,6 @@ def plot_loss_curves(metrics_path: str | Path, out_png: str | Path, terms: Seque
     ax_terms.set(title="loss terms (train, unweighted)", xlabel="optimizer step", yscale="log")
     ax_terms.legend(fontsize="small")
     fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=100)
+    out_png = atomic_write(out_png, partial(fig.savefig, dpi=100, format="png"))
     plt.close(fig)
     return out_png

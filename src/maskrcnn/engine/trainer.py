@@ -54,7 +54,8 @@ from .loader import (
 from .oom import MicroBatchSplit, run_with_oom_fallback, split_batch
 from .logging import RunLogger, format_class_counts, format_duration, plot_loss_curves
 from .optim import build_optimizer, scaled_learning_rate, select_trainable, set_train_mode
-from .rundir import new_run_dir, resolve_resume
+from .resume import find_resume_point
+from .rundir import new_run_dir, resolve_resume, write_run_files
 from .runtime import StopRequest, determinism, resolve_amp, seed_everything
 from .samplers import TrainingSampler, repeat_factors
 from .schedule import LRSchedule, build_scheduler
@@ -115,6 +116,8 @@ class Trainer:
         progress: show progress bars; tensorboard: write TensorBoard events when installed.
         log_every: optimizer steps between ``metrics.jsonl`` records.
         find_unused_parameters: passed to DistributedDataParallel.
+        run_inputs: what ``run.yaml`` records (``data``, ``val_data``, ``format``, ``weights``), so
+            that ``maskrcnn train --resume RUN_DIR`` needs nothing else (:mod:`.rundir`).
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class Trainer:
         tensorboard: bool = True,
         log_every: int = 20,
         find_unused_parameters: bool = True,
+        run_inputs: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.train_source = train_dataset
@@ -147,6 +151,7 @@ class Trainer:
         self.tensorboard = tensorboard
         self.log_every = max(1, int(log_every))
         self.find_unused_parameters = find_unused_parameters
+        self.run_inputs = run_inputs
         self.run_dir: Path | None = None
         # progress state (saved in checkpoints)
         self.epoch = 0
@@ -239,16 +244,9 @@ class Trainer:
     def _write_config(self, resuming: bool) -> None:
         if not self.dist.is_main:
             return
-        path = self.run_dir / "config.yaml"
-        if resuming and path.is_file():
-            try:
-                old = Config.from_yaml(path).model_dump()
-            except MaskRCNNError:
-                old = {}
-            changed = [k for k, v in self.config.model_dump().items() if old.get(k, v) != v]
-            if changed:
-                self.log.info(f"resuming with changed config fields: {', '.join(changed)}")
-        self.config.to_yaml(path)
+        changed = write_run_files(self.run_dir, self.config, self.run_inputs, compare=resuming)
+        if changed:
+            self.log.info(f"resuming with changed config fields: {', '.join(changed)}")
 
     def _setup_data(self) -> None:
         c, d = self.config, self.dist
@@ -381,14 +379,11 @@ class Trainer:
 
     def _restore(self) -> None:
         c, rank = self.config, self.dist.rank
-        weights, tensors, state = self.ckpt.load()
-        stem = self.ckpt.last()
-        try:
-            self.module.load_state_dict(weights, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[-1].strip()
-            raise MaskRCNNError(f"{self.ckpt.weights_path(stem)}: does not fit the configured model ({first}); "
-                                "resume with the run's own config.yaml") from None
+        point = find_resume_point(self.ckpt, self.module, self.optimizer)  # every file checked; a bad pair skipped
+        weights, tensors, state, stem = point.weights, point.tensors, point.state, point.stem
+        for note in point.notes(self.ckpt.weights_path(stem)) if self.dist.is_main else []:
+            self.log.event("checkpoint_skipped", note)
+        self.module.load_state_dict(weights, strict=True)
         fresh_lr = [g["initial_lr"] for g in self.optimizer.param_groups]
         try:
             load_optimizer_state(self.optimizer, tensors, state["optimizer"])

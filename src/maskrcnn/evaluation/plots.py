@@ -7,11 +7,13 @@ change), so it works on headless machines and in threads.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..utils.files import atomic_write
 from .common import EvaluationError
 
 __all__ = ["plot_confusion_matrix", "plot_pr_curves"]
@@ -34,9 +36,7 @@ def _figure(width: float, height: float) -> Figure:
 
 def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
-    return path
+    return atomic_write(path, partial(fig.savefig, dpi=dpi, format="png"))
 
 
 def plot_pr_curves(

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..utils.files import atomic_write_text
 from .coco import SUMMARY_KEYS
 from .plots import plot_confusion_matrix, plot_pr_curves
 
@@ -55,7 +56,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     path = out / "report.json"
-    path.write_text(json.dumps(to_jsonable(report), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(to_jsonable(report), indent=2) + "\n")
     written.append(path)
 
     coco = _coco_part(report)
