@@ -3,7 +3,7 @@
 Each type turns the text of a flag into a checked value or raises
 :class:`argparse.ArgumentTypeError`, so a bad value (``--score 2``, ``--score nan``,
 ``--batch-size 0``, ``--minutes -5``) is a usage error of that flag before anything runs:
-``maskrcnn detect: error: argument --score: a probability in [0, 1] (e.g. 0.5), not '2'``.
+``maskrcnn detect: error: argument --score: a probability from 0 to 1 (e.g. 0.5), not '2'``.
 NaN and infinity are refused by every number type.
 """
 
@@ -50,12 +50,12 @@ def _checked(name: str, parse: Callable[[str, str, str], Any], kind: str, exampl
 
 
 #: A finite number in ``[0, 1]`` (score and IoU thresholds).
-probability = _checked("probability", _number, "a probability in [0, 1]", "0.5", lambda v: 0.0 <= v <= 1.0)
+probability = _checked("probability", _number, "a probability from 0 to 1", "0.5", lambda v: 0.0 <= v <= 1.0)
 #: A whole number ``>= 1`` (batch sizes, steps, counts, threads, tile sizes).
-positive_int = _checked("positive_int", _integer, "a whole number >= 1", "2", lambda v: v >= 1)
+positive_int = _checked("positive_int", _integer, "a whole number, at least 1", "2", lambda v: v >= 1)
 #: A whole number ``>= 0`` (seeds, overlaps, pixel areas).
-non_negative_int = _checked("non_negative_int", _integer, "a whole number >= 0", "0", lambda v: v >= 0)
+non_negative_int = _checked("non_negative_int", _integer, "a whole number, at least 0", "0", lambda v: v >= 0)
 #: A finite number ``> 0`` (minutes, ratios).
-positive_float = _checked("positive_float", _number, "a number > 0", "30", lambda v: v > 0)
+positive_float = _checked("positive_float", _number, "a number above 0", "30", lambda v: v > 0)
 #: A finite number ``>= 0``.
-non_negative_float = _checked("non_negative_float", _number, "a number >= 0", "0.1", lambda v: v >= 0)
+non_negative_float = _checked("non_negative_float", _number, "a number, at least 0", "0.1", lambda v: v >= 0)

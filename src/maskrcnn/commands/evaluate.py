@@ -16,8 +16,6 @@ from typing import Any
 #: Skipped images listed on stderr; the rest are only in report.json.
 SHOW_SKIPPED = 20
 
-from .args import positive_int, probability
-
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a model on a dataset (COCO box/mask AP, VOC mAP, DSB score, plots)")
@@ -26,10 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--format", help="dataset format when detection is ambiguous")
     p.add_argument("--config", help="config YAML (default: the checkpoint's)")
     p.add_argument("--out", default="eval_out", help="folder for report.json and the plots (default eval_out)")
-    p.add_argument("--score", type=probability, default=0.5, help="score threshold of the DSB score and confusion matrix")
-    p.add_argument("--batch-size", type=positive_int, default=2)
+    p.add_argument("--score", type=float, default=0.5, help="score threshold of the DSB score and confusion matrix")
+    p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--device")
-    p.add_argument("--max-images", type=positive_int, help="evaluate only the first N images")
+    p.add_argument("--max-images", type=int, help="evaluate only the first N images")
     return p
 
 
