@@ -17,11 +17,11 @@ from maskrcnn.engine.optim import scaled_learning_rate
     ({"pixel_mean": [0.5, 0.5]}, "pixel_mean/pixel_std have 2/3 values but image_channel_count=3"),
     ({"layers": "backbone.(["}, "layers='backbone.([': neither a preset"),
     ({"lr_steps": [0.5, 1.5]}, "lr_steps: fractions of the run strictly between 0 and 1"),
-    ({"images_per_gpu": "two"}, "config field 'images_per_gpu'"),
+    ({"images_per_gpu": "two"}, "images_per_gpu=two: must be a whole number; e.g. images_per_gpu: 2"),
     ({"learning_rat": 0.1}, "unknown config field 'learning_rat'; did you mean 'learning_rate'?"),
     ({"image_resize_mode": "pad64", "image_min_dim": 800}, "image_min_dim=800 with image_resize_mode=pad64: must be divisible by 64 (e.g. 768)"),
     ({"class_loss_weights": [1.0, 2.0]}, "class_loss_weights has 2 values; give one per class (91"),
-    ({"amp": "fp8"}, "config field 'amp'"),
+    ({"amp": "fp8"}, "amp=fp8: must be 'none', 'bf16', 'fp16' or 'auto'"),
 ])
 def test_invalid_configs_raise_one_line_naming_the_field(values: dict, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -33,7 +33,7 @@ def test_invalid_configs_raise_one_line_naming_the_field(values: dict, expected:
 def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("num_classes: 3\nepochs: 0\n")
-    with pytest.raises(ConfigError, match=rf"^{bad}: images_per_gpu, grad_accumulation and epochs must be >= 1"):
+    with pytest.raises(ConfigError, match=rf"^{bad}: epochs=0: must be >= 1; e.g. epochs: 12$"):
         Config.from_yaml(bad)
     bad.write_text("num_classes: 3\nbakcbone: resnet50\n")
     with pytest.raises(ConfigError, match=r"unknown config field 'bakcbone'; did you mean 'backbone'\?"):

@@ -217,25 +217,6 @@ def test_levers_cover_the_config_fields_and_sizes_parse() -> None:
     assert math.isclose(parse_bytes(format_bytes(3 * 1024 ** 3).replace(" ", "")), 3 * 1024 ** 3)
 
 
-def test_mini_mask_check_follows_the_data_to_model_contract(monkeypatch: pytest.MonkeyPatch) -> None:
-    from maskrcnn.data.pipeline import TrainingDataset
-
-    load = TrainingDataset.load
-
-    def fixed(self, index, epoch=None):  # noqa: ANN001, ANN202 - the contract as roi_heads reads it
-        image, target = load(self, index, epoch)
-        if self.config.use_mini_mask:
-            target["mini_masks"] = target["masks"]
-        return image, target
-
-    monkeypatch.setattr(TrainingDataset, "load", fixed)
-    assert memory.mini_masks_reach_the_model()
-    monkeypatch.setattr(TrainingDataset, "load", load)
-    if not memory.mini_masks_reach_the_model():  # this build: the lever is left out, and the plan says why
-        plan = plan_memory(Config.create(**TINY), 1, headroom=0.0, levers=["mini_masks"], measure=_fake_measure)
-        assert "mini_masks" not in plan.settings and "mini-masks left out" in plan.table()
-
-
 def test_cli_lever_names_match_the_planner() -> None:
     from maskrcnn.commands.plan import LEVER_NAMES
 

@@ -20,15 +20,18 @@ fix.
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from .errors import MaskRCNNError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["Config", "ConfigError", "LAYER_PRESETS"]
+from .errors import MaskRCNNError
+
+__all__ = ["Config", "ConfigError", "LAYER_PRESETS", "BACKBONE_STRIDES"]
 
 
 class ConfigError(MaskRCNNError, ValueError):
@@ -44,126 +47,153 @@ LAYER_PRESETS: dict[str, str] = {
     "all": r".*",
 }
 
+#: Strides of P2..P6: fixed by the ResNet-FPN backbone (``Config.backbone_strides`` only documents them).
+BACKBONE_STRIDES: list[int] = [4, 8, 16, 32, 64]
+
 ResizeMode = Literal["minmax", "none", "square", "pad64", "crop"]
 Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
+_Positive = Annotated[float, Field(gt=0)]
+_NonNegative = Annotated[float, Field(ge=0)]
+
+#: The run folder and checkpoint names are built from ``Config.name``: one plain path component.
+_PLAIN_NAME = re.compile(r"\w[\w.+-]{0,99}")
 
 
-def _f(default: Any, doc: str, unit: str = "") -> Any:
-    """A field with its one-line doc and unit kept in the schema."""
-    return Field(default, description=doc, json_schema_extra={"unit": unit})
+def _f(default: Any, doc: str, unit: str = "", *, example: Any = None, **constraints: Any) -> Any:
+    """A field with its one-line doc, unit, an example value (shown in errors when the default is
+    None) and its valid range (``ge``, ``gt``, ``le``, ``lt``, ``min_length``: checked by pydantic)."""
+    extra = {"unit": unit} if example is None else {"unit": unit, "example": example}
+    return Field(default, description=doc, json_schema_extra=extra, **constraints)
 
 
 class Config(BaseModel):
-    """All settings of a run. Immutable field set; values are validated on construction and assignment."""
+    """All settings of a run. Immutable field set; values are validated on construction and assignment.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    Every invalid value raises :class:`ConfigError` (one line naming the field, the valid range and
+    an example), from the constructor, :meth:`create`, :meth:`replace`, attribute assignment,
+    :meth:`from_yaml` and :meth:`with_overrides` alike. NaN and infinity are refused everywhere.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(exc)) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(exc)) from None
 
     # ---------------------------------------------------------------- general
     name: str = _f("maskrcnn", "Experiment name, used in run folder and checkpoint names.")
     num_classes: int = _f(91, "Number of classes including background (Matterport NUM_CLASSES).", "classes")
-    class_names: list[str] | None = _f(None, "Names of classes 0..num_classes-1 (index 0 is 'BG'); None uses the dataset's or numbers.")
-    seed: int = _f(42, "Seed of every random number generator of a run.")
+    class_names: list[str] | None = _f(None, "Names of classes 0..num_classes-1 (index 0 is 'BG'); None uses the dataset's or numbers.", example=["BG", "balloon"])
+    seed: int = _f(42, "Seed of every random number generator of a run.", ge=0, le=2**32 - 1)
 
     # ---------------------------------------------------------------- backbone
     backbone: Backbone = _f("resnet50", "ResNet depth of the backbone body (Matterport BACKBONE).")
     architecture: Literal["v1", "v2"] = _f("v1", "torchvision layout: v1 (frozen BN, 2-FC box head) or v2 (BN everywhere, 4conv1fc box head).")
-    backbone_width: int = _f(64, "Channels of the ResNet stem; 64 is the standard ResNet, smaller values give a lean model trained from scratch.", "channels")
-    fpn_channels: int = _f(256, "Channels of every FPN level (Matterport TOP_DOWN_PYRAMID_SIZE).", "channels")
-    backbone_strides: list[int] = _f([4, 8, 16, 32, 64], "Strides of P2..P6 (Matterport BACKBONE_STRIDES); fixed by the ResNet-FPN layout.", "px")
-    frozen_bn_eps: float | None = _f(None, "eps of frozen BatchNorm; None means 1e-5, or 0.0 for a v1 torchvision COCO file (its convention).")
+    backbone_width: int = _f(64, "Channels of the ResNet stem; 64 is the standard ResNet, smaller values give a lean model trained from scratch.", "channels", ge=8)
+    fpn_channels: int = _f(256, "Channels of every FPN level (Matterport TOP_DOWN_PYRAMID_SIZE).", "channels", ge=8)
+    backbone_strides: list[int] = _f([4, 8, 16, 32, 64], "Strides of P2..P6 (Matterport BACKBONE_STRIDES); fixed by the ResNet-FPN backbone, any other value is an error.", "px")
+    frozen_bn_eps: float | None = _f(None, "eps of frozen BatchNorm; None means 1e-5, or 0.0 for a v1 torchvision COCO file (its convention).", ge=0, lt=1, example=1e-5)
     train_bn: bool = _f(False, "Train BatchNorm statistics and affine parameters (Matterport TRAIN_BN); frozen by default.")
     sync_bn: bool = _f(False, "Convert trainable BatchNorm to SyncBatchNorm under DDP.")
     gradient_checkpointing: bool = _f(False, "Recompute backbone stage activations in the backward pass to save memory.")
 
     # ---------------------------------------------------------------- input
-    image_channel_count: int = _f(3, "Channels of input images (1 grayscale, 3 RGB, 4 RGB-D ...); a mismatching image is an error.", "channels")
+    image_channel_count: int = _f(3, "Channels of input images (1 grayscale, 3 RGB, 4 RGB-D ...); a mismatching image is an error.", "channels", ge=1)
     pixel_mean: list[float] = _f([0.485, 0.456, 0.406], "Per-channel mean subtracted from images scaled to [0, 1].", "[0,1] intensity")
-    pixel_std: list[float] = _f([0.229, 0.224, 0.225], "Per-channel std dividing images scaled to [0, 1].", "[0,1] intensity")
+    pixel_std: list[_Positive] = _f([0.229, 0.224, 0.225], "Per-channel std dividing images scaled to [0, 1].", "[0,1] intensity")
     image_normalization: Literal["fixed", "per_image"] = _f("fixed", "fixed: (x - pixel_mean) / pixel_std; per_image: each image standardised by its own per-channel mean and std (stains, exposure and bit depths that vary between images).")
     invert_bright_images: bool = _f(False, "Invert (1 - x) images whose mean intensity is above 0.5, so objects are always bright on a dark background (brightfield or stained histology mixed with fluorescence).")
     image_resize_mode: ResizeMode = _f("minmax", "minmax (torchvision: short side to image_min_dim, long side <= image_max_dim, pad to size_divisibility) or Matterport's none/square/pad64/crop.")
-    image_min_dim: int = _f(800, "Target short side (minmax), minimum short side (square/pad64) or crop size (crop).", "px")
-    image_max_dim: int = _f(1333, "Maximum long side (minmax, square).", "px")
-    image_min_scale: float = _f(0.0, "Minimum upscaling factor (Matterport IMAGE_MIN_SCALE); 0 disables.")
-    size_divisibility: int = _f(32, "Padded batch sides are multiples of this.", "px")
+    image_min_dim: int = _f(800, "Target short side (minmax), minimum short side (square/pad64) or crop size (crop).", "px", ge=16, le=32768)
+    image_max_dim: int = _f(1333, "Maximum long side (minmax, square).", "px", ge=16, le=32768)
+    image_min_scale: float = _f(0.0, "Minimum upscaling factor (Matterport IMAGE_MIN_SCALE); 0 disables.", ge=0)
+    size_divisibility: int = _f(32, "Padded batch sides are multiples of this.", "px", ge=32)
 
     # ---------------------------------------------------------------- anchors and RPN
-    rpn_anchor_scales: list[float] = _f([32, 64, 128, 256, 512], "Anchor side per level P2..P6 (Matterport RPN_ANCHOR_SCALES).", "px")
-    rpn_anchor_ratios: list[float] = _f([0.5, 1.0, 2.0], "Anchor aspect ratios height/width.")
-    rpn_nms_threshold: float = _f(0.7, "IoU threshold of the RPN's NMS.", "IoU")
-    rpn_train_anchors_per_image: int = _f(256, "Anchors sampled per image for the RPN loss.", "anchors")
-    rpn_positive_fraction: float = _f(0.5, "Largest fraction of positives among sampled anchors.")
-    rpn_fg_iou_threshold: float = _f(0.7, "Anchor IoU with a GT box at or above which it is positive.", "IoU")
-    rpn_bg_iou_threshold: float = _f(0.3, "Anchor IoU below which it is negative.", "IoU")
-    pre_nms_limit_training: int = _f(2000, "Top proposals kept per FPN level before NMS, training.", "boxes")
-    pre_nms_limit_inference: int = _f(1000, "Top proposals kept per FPN level before NMS, inference.", "boxes")
-    post_nms_rois_training: int = _f(2000, "Proposals kept per image after NMS, training.", "boxes")
-    post_nms_rois_inference: int = _f(1000, "Proposals kept per image after NMS, inference.", "boxes")
-    rpn_bbox_std_dev: list[float] = _f([1.0, 1.0, 1.0, 1.0], "Delta normalisation of RPN box regression (inverse of torchvision's weights).")
+    rpn_anchor_scales: list[_Positive] = _f([32, 64, 128, 256, 512], "Anchor side per level P2..P6 (Matterport RPN_ANCHOR_SCALES).", "px")
+    rpn_anchor_ratios: list[_Positive] = _f([0.5, 1.0, 2.0], "Anchor aspect ratios height/width.", min_length=1)
+    rpn_nms_threshold: float = _f(0.7, "IoU threshold of the RPN's NMS.", "IoU", gt=0, le=1)
+    rpn_train_anchors_per_image: int = _f(256, "Anchors sampled per image for the RPN loss.", "anchors", ge=1)
+    rpn_positive_fraction: float = _f(0.5, "Largest fraction of positives among sampled anchors.", gt=0, le=1)
+    rpn_fg_iou_threshold: float = _f(0.7, "Anchor IoU with a GT box at or above which it is positive.", "IoU", gt=0, le=1)
+    rpn_bg_iou_threshold: float = _f(0.3, "Anchor IoU below which it is negative.", "IoU", ge=0, le=1)
+    pre_nms_limit_training: int = _f(2000, "Top proposals kept per FPN level before NMS, training.", "boxes", ge=1)
+    pre_nms_limit_inference: int = _f(1000, "Top proposals kept per FPN level before NMS, inference.", "boxes", ge=1)
+    post_nms_rois_training: int = _f(2000, "Proposals kept per image after NMS, training.", "boxes", ge=1)
+    post_nms_rois_inference: int = _f(1000, "Proposals kept per image after NMS, inference.", "boxes", ge=1)
+    rpn_bbox_std_dev: list[_Positive] = _f([1.0, 1.0, 1.0, 1.0], "Delta normalisation of RPN box regression (inverse of torchvision's weights).")
 
     # ---------------------------------------------------------------- RoI heads
-    train_rois_per_image: int = _f(512, "RoIs sampled per image for the box and mask heads (Matterport TRAIN_ROIS_PER_IMAGE).", "RoIs")
-    roi_positive_ratio: float = _f(0.25, "Largest fraction of positive RoIs among sampled ones.")
-    roi_fg_iou_threshold: float = _f(0.5, "RoI IoU with a GT box at or above which it is foreground.", "IoU")
-    pool_size: int = _f(7, "RoIAlign output side for the box head.", "cells")
-    mask_pool_size: int = _f(14, "RoIAlign output side for the mask head; masks are predicted at twice this.", "cells")
-    roi_sampling_ratio: int = _f(2, "RoIAlign sampling points per bin side.")
-    box_head_dim: int = _f(1024, "Width of the box head's fully connected layers (Matterport FPN_CLASSIF_FC_LAYERS_SIZE).", "units")
-    mask_head_channels: int = _f(256, "Channels of the mask head's convolutions.", "channels")
-    mask_head_convs: int = _f(4, "Number of 3x3 convolutions in the mask head.")
-    bbox_std_dev: list[float] = _f([0.1, 0.1, 0.2, 0.2], "Delta normalisation of the box head (Matterport BBOX_STD_DEV; torchvision weights 10,10,5,5).")
+    train_rois_per_image: int = _f(512, "RoIs sampled per image for the box and mask heads (Matterport TRAIN_ROIS_PER_IMAGE).", "RoIs", ge=1)
+    roi_positive_ratio: float = _f(0.25, "Largest fraction of positive RoIs among sampled ones.", gt=0, le=1)
+    roi_fg_iou_threshold: float = _f(0.5, "RoI IoU with a GT box at or above which it is foreground.", "IoU", gt=0, le=1)
+    pool_size: int = _f(7, "RoIAlign output side for the box head.", "cells", ge=1)
+    mask_pool_size: int = _f(14, "RoIAlign output side for the mask head; masks are predicted at twice this.", "cells", ge=1)
+    roi_sampling_ratio: int = _f(2, "RoIAlign sampling points per bin side.", ge=0)
+    box_head_dim: int = _f(1024, "Width of the box head's fully connected layers (Matterport FPN_CLASSIF_FC_LAYERS_SIZE).", "units", ge=1)
+    mask_head_channels: int = _f(256, "Channels of the mask head's convolutions.", "channels", ge=1)
+    mask_head_convs: int = _f(4, "Number of 3x3 convolutions in the mask head.", ge=0)
+    bbox_std_dev: list[_Positive] = _f([0.1, 0.1, 0.2, 0.2], "Delta normalisation of the box head (Matterport BBOX_STD_DEV; torchvision weights 10,10,5,5).")
 
     # ---------------------------------------------------------------- detection
-    detection_min_confidence: float = _f(0.05, "Class score above which a detection is kept by the model (torchvision 0.05; Matterport 0.7).", "probability")
-    detection_nms_threshold: float = _f(0.5, "Per-class NMS IoU threshold of detections.", "IoU")
-    detection_max_instances: int = _f(100, "Most detections returned per image.", "detections")
-    mask_threshold: float = _f(0.5, "Mask probability at or above which a pixel belongs to the instance.", "probability")
+    detection_min_confidence: float = _f(0.05, "Class score above which a detection is kept by the model (torchvision 0.05; Matterport 0.7).", "probability", ge=0, le=1)
+    detection_nms_threshold: float = _f(0.5, "Per-class NMS IoU threshold of detections.", "IoU", gt=0, le=1)
+    detection_max_instances: int = _f(100, "Most detections returned per image.", "detections", ge=1)
+    mask_threshold: float = _f(0.5, "Mask probability at or above which a pixel belongs to the instance.", "probability", ge=0, le=1)
     fast: bool = _f(False, "Fast inference: BatchNorm folded into convs, bf16 where safe, channels-last (outputs no longer bit-exact).")
 
     # ---------------------------------------------------------------- ground truth
-    max_gt_instances: int = _f(100, "Most GT instances per training image; more are randomly dropped.", "instances")
+    max_gt_instances: int = _f(100, "Most GT instances per training image; more are randomly dropped.", "instances", ge=1)
     use_mini_mask: bool = _f(False, "Store GT masks cropped to their box at mini_mask_shape (Matterport USE_MINI_MASK).")
     mini_mask_shape: list[int] = _f([56, 56], "Height, width of stored mini-masks.", "px")
 
     # ---------------------------------------------------------------- training
-    images_per_gpu: int = _f(2, "Images per device per step (Matterport IMAGES_PER_GPU).", "images")
-    epochs: int = _f(12, "Passes over the training set.", "epochs")
+    images_per_gpu: int = _f(2, "Images per device per step (Matterport IMAGES_PER_GPU).", "images", ge=1)
+    epochs: int = _f(12, "Passes over the training set.", "epochs", ge=1)
     layers: str = _f("all", "Trainable layers: heads, 3+, 4+, 5+, all, or a regex over parameter names.")
-    learning_rate: float = _f(0.02, "Learning rate for a total batch of base_batch_size; scaled linearly to the real total batch.", "lr")
-    base_batch_size: int = _f(16, "Total batch that learning_rate is given for.", "images")
+    learning_rate: float = _f(0.02, "Learning rate for a total batch of base_batch_size; scaled linearly to the real total batch.", "lr", gt=0)
+    base_batch_size: int = _f(16, "Total batch that learning_rate is given for.", "images", ge=1)
     optimizer: Literal["sgd", "adamw"] = _f("sgd", "sgd (momentum, torchvision/Matterport) or adamw (betas 0.9, 0.999; learning_rate is AdamW's rate, ~1e-3).")
-    momentum: float = _f(0.9, "SGD momentum (Matterport LEARNING_MOMENTUM).")
-    weight_decay: float = _f(1e-4, "L2 weight decay on weights (none on norms and biases).")
+    momentum: float = _f(0.9, "SGD momentum (Matterport LEARNING_MOMENTUM).", ge=0, lt=1)
+    weight_decay: float = _f(1e-4, "L2 weight decay on weights (none on norms and biases).", ge=0)
     lr_schedule: Literal["step", "cosine", "constant"] = _f("step", "Learning rate schedule after warmup.")
     lr_steps: list[float] = _f([0.667, 0.917], "Step schedule: fractions of the run at which the rate is multiplied by lr_gamma.")
-    lr_gamma: float = _f(0.1, "Step schedule decay factor.")
-    warmup_iters: int = _f(500, "Linear warmup length.", "steps")
-    warmup_factor: float = _f(0.001, "Learning rate multiplier at the first warmup step.")
-    gradient_clip_norm: float | None = _f(5.0, "Global gradient norm clip (Matterport GRADIENT_CLIP_NORM); None disables.")
-    max_train_minutes: float | None = _f(None, "Wall-clock training budget: the schedule is fitted to the steps that fit and training ends when it is spent; None: all epochs.", "min")
-    grad_accumulation: int = _f(1, "Steps whose gradients are summed before an optimizer step.", "steps")
+    lr_gamma: float = _f(0.1, "Step schedule decay factor.", gt=0, le=1)
+    warmup_iters: int = _f(500, "Linear warmup length.", "steps", ge=0)
+    warmup_factor: float = _f(0.001, "Learning rate multiplier at the first warmup step.", gt=0, le=1)
+    gradient_clip_norm: float | None = _f(5.0, "Global gradient norm clip (Matterport GRADIENT_CLIP_NORM); None disables.", gt=0)
+    max_train_minutes: float | None = _f(None, "Wall-clock training budget: the schedule is fitted to the steps that fit and training ends when it is spent; None: all epochs.", "min", gt=0, example=30)
+    grad_accumulation: int = _f(1, "Steps whose gradients are summed before an optimizer step.", "steps", ge=1)
     amp: Literal["none", "bf16", "fp16", "auto"] = _f("none", "Mixed precision: bf16 autocast (CPU or CUDA), fp16 with a grad scaler (CUDA), auto picks.")
-    loss_weights: dict[str, float] = _f(
+    loss_weights: dict[str, _NonNegative] = _f(
         {"rpn_class": 1.0, "rpn_bbox": 1.0, "mrcnn_class": 1.0, "mrcnn_bbox": 1.0, "mrcnn_mask": 1.0},
         "Weight of each loss term (Matterport LOSS_WEIGHTS); each head applies its own, and the model returns loss_<term>.",
     )
-    class_loss_weights: list[float] | None = _f(None, "Per-class weights of the classification and mask losses (length num_classes).")
-    repeat_factor_threshold: float | None = _f(None, "LVIS repeat-factor sampling threshold t (e.g. 0.001); None disables.")
-    num_workers: int = _f(2, "Data loader worker processes (0 loads in the main process).", "processes")
-    checkpoint_keep: int = _f(3, "Most recent epoch checkpoints kept besides the best.", "files")
-    validate_every: int = _f(1, "Validate every N epochs (0 disables).", "epochs")
+    class_loss_weights: list[_NonNegative] | None = _f(None, "Per-class weights of the classification and mask losses (length num_classes).", example=[1.0, 1.0, 2.0])
+    repeat_factor_threshold: float | None = _f(None, "LVIS repeat-factor sampling threshold t (e.g. 0.001); None disables.", gt=0, le=1, example=0.001)
+    num_workers: int = _f(2, "Data loader worker processes (0 loads in the main process).", "processes", ge=0)
+    checkpoint_keep: int = _f(3, "Most recent epoch checkpoints kept besides the best.", "files", ge=1)
+    validate_every: int = _f(1, "Validate every N epochs (0 disables).", "epochs", ge=0)
     deterministic: bool = _f(False, "Deterministic algorithms and seeded workers (exact resume on CPU).")
 
     # ---------------------------------------------------------------- augmentation
-    aug_hflip: float = _f(0.5, "Probability of a horizontal flip.", "probability")
-    aug_vflip: float = _f(0.0, "Probability of a vertical flip.", "probability")
-    aug_rot90: float = _f(0.0, "Probability of a random 90/180/270 degree rotation.", "probability")
-    aug_scale_jitter: list[float] | None = _f(None, "Random factor range [lo, hi] multiplied into the resize scale; None disables.")
-    aug_crop: list[int] | None = _f(None, "Random crop height, width applied after resizing; None disables.", "px")
-    aug_brightness: float = _f(0.0, "Max relative brightness change.")
-    aug_contrast: float = _f(0.0, "Max relative contrast change.")
-    aug_blur: float = _f(0.0, "Probability of a Gaussian blur.", "probability")
-    aug_min_area: int = _f(4, "Instances with fewer visible pixels after augmentation are dropped.", "px")
+    aug_hflip: float = _f(0.5, "Probability of a horizontal flip.", "probability", ge=0, le=1)
+    aug_vflip: float = _f(0.0, "Probability of a vertical flip.", "probability", ge=0, le=1)
+    aug_rot90: float = _f(0.0, "Probability of a random 90/180/270 degree rotation.", "probability", ge=0, le=1)
+    aug_scale_jitter: list[_Positive] | None = _f(None, "Random factor range [lo, hi] multiplied into the resize scale; None disables.", example=[0.8, 1.25])
+    aug_crop: list[int] | None = _f(None, "Random crop height, width applied after resizing; None disables.", "px", example=[512, 512])
+    aug_brightness: float = _f(0.0, "Max relative brightness change.", ge=0, le=1)
+    aug_contrast: float = _f(0.0, "Max relative contrast change.", ge=0, le=1)
+    aug_blur: float = _f(0.0, "Probability of a Gaussian blur.", "probability", ge=0, le=1)
+    aug_min_area: int = _f(4, "Instances with fewer visible pixels after augmentation are dropped.", "px", ge=0)
 
     # ---------------------------------------------------------------- validation of combinations
     @model_validator(mode="after")
@@ -195,18 +225,19 @@ class Config(BaseModel):
     # ---------------------------------------------------------------- construction helpers
     @classmethod
     def create(cls, **values: Any) -> "Config":
-        """Construct, turning pydantic's errors into one-line :class:`ConfigError` messages."""
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            raise ConfigError(_format_validation_error(exc)) from None
+        """Construct and validate (the same as ``Config(**values)``; kept for readability)."""
+        return cls(**values)
 
     def replace(self, **changes: Any) -> "Config":
         """A validated copy with ``changes`` applied."""
         return Config.create(**{**self.model_dump(), **changes})
 
     def with_overrides(self, assignments: list[str]) -> "Config":
-        """Apply ``--set key=value`` strings (values parsed as YAML: ``lr=0.01``, ``aug_crop=[256,256]``)."""
+        """Apply ``--set key=value`` strings (values parsed as YAML: ``lr=0.01``, ``aug_crop=[256,256]``).
+
+        Values are read with YAML's safe loader: a tag such as ``!!python/object`` is refused with a
+        one-line error, never executed.
+        """
         changes: dict[str, Any] = {}
         for item in assignments:
             if "=" not in item:
@@ -215,13 +246,16 @@ class Config(BaseModel):
             key = key.strip()
             if key not in Config.model_fields:
                 raise ConfigError(f"--set {key}: unknown config field{_suggest(key)}")
-            changes[key] = yaml.safe_load(raw)
+            changes[key] = parse_yaml(raw, f"--set {key}={_short(raw)}",
+                                      fix=f"write a plain YAML value, e.g. --set {key}={_example_yaml(key)}")
         return self.replace(**changes)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Config":
+        """Read a config file (or a shipped preset by name: ``nuclei``); every problem is one
+        :class:`ConfigError` line that names the file."""
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             from .configs import PRESETS, preset_path
 
             if str(path).removesuffix(".yaml") in PRESETS:  # a shipped preset by name: --config nuclei
@@ -229,19 +263,20 @@ class Config(BaseModel):
             else:
                 raise ConfigError(f"{path}: config file not found; pass an existing YAML file to --config "
                                   f"or a shipped preset ({', '.join(PRESETS)})")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
+        data = parse_yaml(_read_config_text(path), str(path),
+                          fix="fix the file (`maskrcnn config > config.yaml` writes a valid one)")
+        if data is None:
+            data = {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of field: value at the top level")
+            raise ConfigError(f"{path}: expected a mapping of field: value at the top level, got a "
+                              f"{type(data).__name__}; write one `field: value` per line")
         unknown = [k for k in data if k not in cls.model_fields]
         if unknown:
-            raise ConfigError(f"{path}: unknown config field {unknown[0]!r}{_suggest(unknown[0])}")
+            raise ConfigError(f"{path}: unknown config field {str(unknown[0])!r}{_suggest(str(unknown[0]))}")
         try:
             return cls(**data)
-        except ValidationError as exc:
-            raise ConfigError(f"{path}: {_format_validation_error(exc)}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.model_dump(), sort_keys=False)
@@ -267,76 +302,214 @@ class Config(BaseModel):
 
     @classmethod
     def describe(cls) -> str:
-        """A table of every field: name, default, unit and doc."""
+        """A table of every field: name, default, unit, doc and valid range."""
         lines = []
         for name, field in cls.model_fields.items():
             unit = (field.json_schema_extra or {}).get("unit", "")  # type: ignore[union-attr]
-            lines.append(f"{name:28s} {field.default!r:>24s} {unit:>14s}  {field.description}")
+            bounds = _bounds(name)
+            rng = f" Valid: {bounds}." if bounds else ""
+            lines.append(f"{name:28s} {field.default!r:>24s} {unit:>14s}  {field.description}{rng}")
         return "\n".join(lines)
 
 
+# -------------------------------------------------------------------- reading YAML
+
+#: A config file is a few KB; anything this large is not one (and is not parsed).
+_MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_config_text(path: Path) -> str:
+    """The text of a config file, or a one-line :class:`ConfigError` (folder, FIFO, binary, huge)."""
+    import stat
+
+    try:
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{path}: is a folder; pass a YAML config file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{path}: not a regular file (a pipe or device?); pass a YAML config file")
+        if st.st_size > _MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {st.st_size} bytes is too large for a config file; pass a YAML config file")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc}); check the path and "
+                          "its permissions") from None
+    if b"\0" in raw:
+        raise ConfigError(f"{path}: binary content, not a YAML text file; pass a YAML config file")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8 YAML") from None
+
+
+def parse_yaml(text: str, where: str, fix: str) -> Any:
+    """``yaml.safe_load(text)`` or a one-line :class:`ConfigError` ``"{where}: ...; {fix}"``.
+
+    Only plain YAML is accepted: a tag such as ``!!python/object/apply:os.system`` is reported as
+    an error (the safe loader never constructs it).
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        tag = re.search(r"tag '([^']*)'", str(exc))
+        what = f"YAML tag {tag.group(1).replace('tag:yaml.org,2002:', '!!')!r}" if tag else "a YAML tag"
+        raise ConfigError(f"{where}: {what} is not allowed (only plain values); {fix}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML ({_yaml_problem(exc)}); {fix}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply; {fix}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: the parser's problem and where it is (``line 3, column 7: ...``)."""
+    problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return " ".join(f"{where}{problem}".split())
+
+
 # -------------------------------------------------------------------- validation helpers
+
+#: Names users bring from other toolkits, mapped to ours (used by the unknown-field suggestion).
+_ALIASES = {
+    "lr": "learning_rate", "base_lr": "learning_rate", "batch_size": "images_per_gpu", "num_epochs": "epochs",
+    "max_epochs": "epochs", "min_size": "image_min_dim", "max_size": "image_max_dim", "workers": "num_workers",
+    "classes": "num_classes", "depth": "backbone", "score_threshold": "detection_min_confidence",
+    "nms_threshold": "detection_nms_threshold", "clip_grad": "gradient_clip_norm",
+}
 
 
 def _suggest(key: str) -> str:
     import difflib
 
-    close = difflib.get_close_matches(key.lower(), list(Config.model_fields), n=1)
+    low = key.strip().lower()
+    if low in Config.model_fields:
+        return f"; did you mean {low!r}?"
+    if low in _ALIASES:
+        return f"; did you mean {_ALIASES[low]!r}?"
+    close = difflib.get_close_matches(low, list(Config.model_fields), n=1)
+    if not close:  # a distinctive part of a field name: 'hflip' -> aug_hflip
+        close = [f for f in Config.model_fields if len(low) >= 4 and low in f][:1]
     return f"; did you mean {close[0]!r}?" if close else "; see `maskrcnn config --describe` for the fields"
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr``-like text of a user value, cut to ``limit`` characters (values can be huge)."""
+    text = value if isinstance(value, str) else repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    return Config.model_json_schema()["properties"]
+
+
+def _example_yaml(field: str) -> str:
+    """A valid value of ``field`` as YAML flow text: its example, else its default."""
+    info = Config.model_fields[field]
+    value = (info.json_schema_extra or {}).get("example")  # type: ignore[union-attr]
+    if value is None:
+        value = info.default
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False).strip().removesuffix("\n...").strip()
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _bounds(field: str) -> str:
+    """The valid range of a number field (or of each item of a list field) as text: ``[0, 1]``,
+    ``(0, 1]``, ``>= 1``; empty when unbounded."""
+    schema = _schema().get(field, {})
+    for part in [schema, *schema.get("anyOf", [])]:
+        part = part.get("items", part) if part.get("type") == "array" else part
+        if part.get("type") == "array" and isinstance(part.get("items"), dict):
+            part = part["items"]
+        lo = ("[", part["minimum"]) if "minimum" in part else ("(", part["exclusiveMinimum"]) if "exclusiveMinimum" in part else None
+        hi = ("]", part["maximum"]) if "maximum" in part else (")", part["exclusiveMaximum"]) if "exclusiveMaximum" in part else None
+        if lo and hi:
+            return f"{lo[0]}{_num(lo[1])}, {_num(hi[1])}{hi[0]}"
+        if lo:
+            return f"{'>=' if lo[0] == '[' else '>'} {_num(lo[1])}"
+        if hi:
+            return f"{'<=' if hi[0] == ']' else '<'} {_num(hi[1])}"
+    return ""
+
+
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+_TYPE_RULES = {
+    "int_parsing": "must be a whole number", "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number", "float_parsing": "must be a number", "float_type": "must be a number",
+    "list_type": "must be a list", "string_type": "must be text", "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false", "dict_type": "must be a mapping of name: value",
+}
+
+
 def _format_validation_error(exc: ValidationError) -> str:
+    """pydantic's first error as one line: ``field=value: must be <rule>; e.g. field: <example>``."""
     e = exc.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"]) or "config"
     msg = e["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-        return msg
+    if msg.startswith("Value error, "):  # our own check (_first_error): already 'field: problem; fix'
+        return " ".join(msg[len("Value error, "):].split())
+    loc = [str(p) for p in e["loc"]]
     if e["type"] == "extra_forbidden":
-        return f"unknown config field {loc!r}{_suggest(loc)}"
-    return f"config field {loc!r}: {msg} (got {e.get('input')!r})"
+        return f"unknown config field {loc[-1]!r}{_suggest(loc[-1])}"
+    if not loc or loc[0] not in Config.model_fields:
+        return f"config: {msg}"
+    field = loc[0]
+    where = field + "".join(f"[{p}]" if p.isdigit() else f"[{p!r}]" for p in loc[1:] if p not in ("list", "dict"))
+    got = _short(e.get("input"))
+    if e["type"] in _RANGE_ERRORS:
+        bounds = _bounds(field)
+        rule = f"must be {'in ' if bounds[:1] in '[(' else ''}{bounds}" if bounds else msg.replace("Input should be", "must be")
+    elif e["type"] == "finite_number":
+        rule = "must be a finite number, not NaN or infinity"
+    elif e["type"] == "too_short":
+        rule = "must not be empty" if e.get("ctx", {}).get("min_length") == 1 else msg.replace("List should", "must")
+    else:
+        rule = _TYPE_RULES.get(e["type"]) or msg.replace("Input should be", "must be").replace("Input should", "must")
+    return f"{where}={got}: {rule}; e.g. {field}: {_example_yaml(field)}"
 
 
 def _first_error(c: Config) -> str | None:
-    """The first inconsistency among fields, as 'field: problem; fix'."""
-    n_levels = len(c.backbone_strides)
+    """The first inconsistency among fields, as 'field: problem; fix' (single fields' ranges are
+    checked by pydantic before this runs)."""
+    n_levels = len(BACKBONE_STRIDES)
+    if not _PLAIN_NAME.fullmatch(c.name) or set(c.name) <= {"."}:
+        return (f"name={_short(c.name)!r}: must be a plain file name (letters, digits, '_', '-', '.', '+'; "
+                "at most 100, no '/' or '..'): it names the run folder; e.g. name: balloon")
     if c.num_classes < 2:
         return f"num_classes={c.num_classes}: must count background plus at least one class (e.g. 2 for one class)"
     if c.class_names is not None and len(c.class_names) != c.num_classes:
         return (f"class_names has {len(c.class_names)} names but num_classes={c.num_classes}; "
                 "list one name per class including 'BG' at index 0")
-    if c.backbone_strides != [4, 8, 16, 32, 64]:
-        return "backbone_strides: the ResNet-FPN backbone has strides [4, 8, 16, 32, 64]; remove the field"
+    if c.backbone_strides != BACKBONE_STRIDES:
+        return (f"backbone_strides={c.backbone_strides}: fixed at {BACKBONE_STRIDES} by the ResNet-FPN backbone "
+                "(P2..P6) and not configurable; remove the field")
     if len(c.rpn_anchor_scales) != n_levels:
-        return f"rpn_anchor_scales has {len(c.rpn_anchor_scales)} sizes; give one per FPN level ({n_levels})"
-    if any(s <= 0 for s in c.rpn_anchor_scales) or any(r <= 0 for r in c.rpn_anchor_ratios):
-        return "rpn_anchor_scales and rpn_anchor_ratios must be positive"
+        return f"rpn_anchor_scales has {len(c.rpn_anchor_scales)} sizes; give one per FPN level ({n_levels}), e.g. [32, 64, 128, 256, 512]"
     if len(c.pixel_mean) != c.image_channel_count or len(c.pixel_std) != c.image_channel_count:
         return (f"pixel_mean/pixel_std have {len(c.pixel_mean)}/{len(c.pixel_std)} values but image_channel_count="
                 f"{c.image_channel_count}; give one value per channel")
-    if any(s <= 0 for s in c.pixel_std):
-        return "pixel_std: every value must be > 0"
-    if c.image_channel_count < 1:
-        return "image_channel_count must be >= 1"
     if c.image_resize_mode == "pad64" and c.image_min_dim % 64:
         return (f"image_min_dim={c.image_min_dim} with image_resize_mode=pad64: must be divisible by 64 "
                 f"(e.g. {max(64, round(c.image_min_dim / 64) * 64)})")
     if c.image_resize_mode in ("minmax", "square") and c.image_max_dim < c.image_min_dim:
         return f"image_max_dim={c.image_max_dim} is below image_min_dim={c.image_min_dim}; raise image_max_dim"
-    if c.image_resize_mode == "crop" and c.image_min_dim % c.size_divisibility:
-        return f"image_min_dim={c.image_min_dim} with crop: must be a multiple of size_divisibility={c.size_divisibility}"
     if c.size_divisibility % 32:
-        return f"size_divisibility={c.size_divisibility}: must be a multiple of 32 (the P6 stride needs it)"
-    if not 0 < c.rpn_positive_fraction <= 1 or not 0 < c.roi_positive_ratio <= 1:
-        return "rpn_positive_fraction and roi_positive_ratio must be in (0, 1]"
+        return f"size_divisibility={c.size_divisibility}: must be a multiple of 32 (the P6 stride needs it), e.g. 32"
+    if c.image_resize_mode == "crop" and c.image_min_dim % c.size_divisibility:
+        return (f"image_min_dim={c.image_min_dim} with crop: must be a multiple of size_divisibility={c.size_divisibility} "
+                f"(e.g. {max(c.size_divisibility, round(c.image_min_dim / c.size_divisibility) * c.size_divisibility)})")
     if c.rpn_bg_iou_threshold > c.rpn_fg_iou_threshold:
-        return "rpn_bg_iou_threshold must not exceed rpn_fg_iou_threshold"
+        return (f"rpn_bg_iou_threshold={c.rpn_bg_iou_threshold} exceeds rpn_fg_iou_threshold={c.rpn_fg_iou_threshold}; "
+                "lower it (e.g. 0.3 and 0.7)")
     for name in ("bbox_std_dev", "rpn_bbox_std_dev"):
-        v = getattr(c, name)
-        if len(v) != 4 or any(x <= 0 for x in v):
-            return f"{name}: four positive values (dy, dx, dh, dw scales)"
+        if len(getattr(c, name)) != 4:
+            return f"{name}: four positive values (dy, dx, dh, dw scales), e.g. {_example_yaml(name)}"
     if len(c.mini_mask_shape) != 2 or min(c.mini_mask_shape) < 4:
-        return "mini_mask_shape: two sides of at least 4 px, e.g. [56, 56]"
+        return f"mini_mask_shape={c.mini_mask_shape}: two sides of at least 4 px, e.g. [56, 56]"
     if c.layers not in LAYER_PRESETS:
         try:
             re.compile(c.layers)
@@ -344,20 +517,32 @@ def _first_error(c: Config) -> str | None:
             return f"layers={c.layers!r}: neither a preset ({', '.join(LAYER_PRESETS)}) nor a valid regex ({exc})"
     if set(c.loss_weights) != {"rpn_class", "rpn_bbox", "mrcnn_class", "mrcnn_bbox", "mrcnn_mask"}:
         return "loss_weights: give exactly rpn_class, rpn_bbox, mrcnn_class, mrcnn_bbox, mrcnn_mask"
+    if not any(c.loss_weights.values()):
+        return "loss_weights: every weight is 0, so nothing would be learned; give at least one positive weight"
     if c.class_loss_weights is not None and len(c.class_loss_weights) != c.num_classes:
         return f"class_loss_weights has {len(c.class_loss_weights)} values; give one per class ({c.num_classes}, background first)"
     if c.lr_schedule == "step" and any(not 0 < s < 1 for s in c.lr_steps):
         return "lr_steps: fractions of the run strictly between 0 and 1, e.g. [0.667, 0.917]"
-    if c.max_train_minutes is not None and not c.max_train_minutes > 0:
-        return f"max_train_minutes={c.max_train_minutes}: a positive number of minutes, or null for no time limit"
-    if c.images_per_gpu < 1 or c.grad_accumulation < 1 or c.epochs < 1:
-        return "images_per_gpu, grad_accumulation and epochs must be >= 1"
-    if c.aug_crop is not None and (len(c.aug_crop) != 2 or min(c.aug_crop) < 32):
-        return "aug_crop: [height, width] of at least 32 px, or null"
-    if c.aug_scale_jitter is not None and (len(c.aug_scale_jitter) != 2 or not 0 < c.aug_scale_jitter[0] <= c.aug_scale_jitter[1]):
+    if c.lr_schedule == "step" and c.lr_steps != sorted(c.lr_steps):
+        return f"lr_steps={c.lr_steps}: must be in increasing order, e.g. [0.667, 0.917]"
+    if c.aug_crop is not None:
+        if len(c.aug_crop) != 2 or min(c.aug_crop) < 32:
+            return f"aug_crop={c.aug_crop}: [height, width] of at least 32 px each, e.g. [512, 512], or null"
+        largest = _largest_resized_side(c)
+        if largest is not None and min(c.aug_crop) > largest:
+            return (f"aug_crop={c.aug_crop}: larger than every resized image (at most {largest} px with "
+                    f"image_resize_mode={c.image_resize_mode}), so it would never crop; use sides up to {largest} or null")
+    if c.aug_scale_jitter is not None and (len(c.aug_scale_jitter) != 2 or not c.aug_scale_jitter[0] <= c.aug_scale_jitter[1]):
         return "aug_scale_jitter: [lo, hi] with 0 < lo <= hi, e.g. [0.8, 1.25], or null"
-    if c.train_rois_per_image < 1 or c.detection_max_instances < 1:
-        return "train_rois_per_image and detection_max_instances must be >= 1"
-    if c.fpn_channels < 8 or c.backbone_width < 8:
-        return "fpn_channels and backbone_width must be >= 8"
+    return None
+
+
+def _largest_resized_side(c: Config) -> int | None:
+    """The longest side a training image can have after resizing (and scale jitter), before the
+    random crop; None when unbounded (``none``, ``pad64``)."""
+    jitter = c.aug_scale_jitter[1] if c.aug_scale_jitter else 1.0
+    if c.image_resize_mode in ("minmax", "square"):
+        return int(math.floor(c.image_max_dim * max(jitter, 1.0)))
+    if c.image_resize_mode == "crop":
+        return c.image_min_dim
     return None

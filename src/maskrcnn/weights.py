@@ -18,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import pickle
 import re
 import shutil
+import stat
 import tempfile
 import urllib.error
 import urllib.request
@@ -30,14 +32,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import Config
+from .config import Config, ConfigError, parse_yaml
 from .errors import WeightsError
 from .utils.files import atomic_write, fsync_path
 
 __all__ = [
     "NAMED_WEIGHTS", "COCO_CLASSES", "resolve_named", "cache_dir", "download",
     "read_state_dict", "convert_torchvision", "config_from_state_dict", "load_into",
-    "save_checkpoint", "load_checkpoint", "is_checkpoint",
+    "save_checkpoint", "load_checkpoint", "is_checkpoint", "check_weights_file", "check_finite",
+    "ResolvedWeights", "resolve_weights",
 ]
 
 
@@ -160,29 +163,103 @@ _LEGACY = [
 ]
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of a ``.pth``/``.pt`` (``weights_only`` unpickling) or ``.safetensors`` file."""
+_WEIGHTS_KINDS = "'coco', 'coco-v2', one of our checkpoints (.safetensors or folder) or a torchvision .pth state dict"
+
+
+def check_weights_file(path: str | Path) -> Path:
+    """``path`` if it is a non-empty regular file, else a one-line :class:`WeightsError`.
+
+    Only ``stat`` is used: a FIFO, a socket or a device passed as weights is refused without being
+    opened (opening a FIFO blocks until a writer appears, i.e. forever).
+    """
     path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"{path}: weights file not found; pass 'coco', 'coco-v2', a checkpoint or a .pth file")
-    if path.suffix == ".safetensors":
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: weights file not found; pass {_WEIGHTS_KINDS}") from None
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot access the weights file ({exc.strerror or exc}); check the path "
+                           "and its permissions") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise WeightsError(f"{path}: a folder without model.safetensors; pass a weights file or a checkpoint "
+                           "folder (model.safetensors + config.yaml)")
+    if not stat.S_ISREG(st.st_mode):
+        raise WeightsError(f"{path}: not a regular file (a pipe, socket or device); pass a weights file")
+    if st.st_size == 0:
+        raise WeightsError(f"{path}: empty file (0 bytes): the save or download was interrupted; "
+                           "save or download it again")
+    return path
+
+
+def _sniff(path: Path) -> str:
+    """``"safetensors"``, ``"zip"`` (torch.save's format), ``"pickle"`` (legacy torch.save) or ``"unknown"``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read the weights file ({exc.strerror or exc}); check its permissions") from None
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    return "unknown"
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).strip().splitlines()[:1]).strip() or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Tensors of a ``.pth``/``.pt`` (``weights_only`` unpickling) or ``.safetensors`` file.
+
+    The format is recognised from the file's first bytes. Every unreadable file (truncated,
+    empty, a FIFO or folder, a zip that is not a torch file, a pickle with Python objects,
+    which is refused and never executed) is a one-line :class:`WeightsError` naming the file.
+    """
+    path = check_weights_file(path)
+    kind = _sniff(path)
+    if kind == "safetensors" or (kind == "unknown" and path.suffix == ".safetensors"):
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise WeightsError(f"{path}: not a readable safetensors file ({exc}); re-save it") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: cannot read as a state dict ({first[:160]}); "
-                           "give a torchvision state-dict .pth or one of our .safetensors checkpoints") from None
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: does not hold a state dict of tensors; save model.state_dict()")
-    return obj
+            sd: Any = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(exc)}); the file is corrupt "
+                               "or truncated: save or download it again") from None
+    elif kind == "unknown":
+        raise WeightsError(f"{path}: not a weights file (neither a PyTorch .pth nor safetensors); pass {_WEIGHTS_KINDS}")
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if "weights only" in str(exc).lower():
+                raise WeightsError(f"{path}: holds Python objects besides tensors, refused (unpickling them could run "
+                                   "code); save the model's state dict (model.state_dict()) with torch.save, or use safetensors") from None
+            raise WeightsError(f"{path}: corrupt or truncated PyTorch file ({_first_line(exc)}); "
+                               "save or download it again") from None
+        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... for bad files
+            what = "a zip archive that is not a PyTorch file, or a truncated one" if kind == "zip" else \
+                "a corrupt or truncated PyTorch file"
+            raise WeightsError(f"{path}: {what} ({_first_line(exc)}); save or download it again") from None
+    for key in ("model", "state_dict"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in sd.items()):
+        raise WeightsError(f"{path}: does not hold a state dict of named tensors; save model.state_dict()")
+    check_finite(sd, str(path))
+    return sd
+
+
+def check_finite(sd: dict[str, Tensor], source: str) -> None:
+    """A one-line :class:`WeightsError` naming the first tensor with NaN or infinity."""
+    for name, t in sd.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            what = "NaN" if bool(torch.isnan(t).any()) else "infinity"
+            raise WeightsError(f"{source}: this checkpoint contains {what} in {name}; it is unusable (the training "
+                               "that wrote it diverged); use an earlier checkpoint or other weights")
 
 
 def convert_torchvision(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -218,19 +295,25 @@ def _depth_from_keys(sd: dict[str, Tensor]) -> str:
 def config_from_state_dict(sd: dict[str, Tensor]) -> dict[str, Any]:
     """Config values implied by a (converted) state dict: architecture, backbone, classes, widths."""
     if "roi_heads.box_predictor.cls_score.weight" not in sd or "backbone.body.conv1.weight" not in sd:
-        raise WeightsError("not a Mask R-CNN state dict (no backbone.body.conv1 / roi_heads.box_predictor keys)")
-    v2 = "roi_heads.box_head.5.weight" in sd
-    values: dict[str, Any] = {
-        "architecture": "v2" if v2 else "v1",
-        "backbone": _depth_from_keys(sd),
-        "num_classes": int(sd["roi_heads.box_predictor.cls_score.weight"].shape[0]),
-        "backbone_width": int(sd["backbone.body.conv1.weight"].shape[0]),
-        "image_channel_count": int(sd["backbone.body.conv1.weight"].shape[1]),
-        "fpn_channels": int(sd["backbone.fpn.layer_blocks.0.0.weight"].shape[0]),
-        "box_head_dim": int(sd["roi_heads.box_predictor.cls_score.weight"].shape[1]),
-        "mask_head_channels": int(sd["roi_heads.mask_predictor.conv5_mask.weight"].shape[1]),
-        "mask_head_convs": len({m.group(1) for k in sd if (m := re.match(r"roi_heads\.mask_head\.(\d+)\.", k))}),
-    }
+        raise WeightsError("not a Mask R-CNN state dict (no backbone.body.conv1 / roi_heads.box_predictor keys); "
+                           "pass Mask R-CNN weights")
+    try:
+        values: dict[str, Any] = {
+            "architecture": "v2" if "roi_heads.box_head.5.weight" in sd else "v1",
+            "backbone": _depth_from_keys(sd),
+            "num_classes": int(sd["roi_heads.box_predictor.cls_score.weight"].shape[0]),
+            "backbone_width": int(sd["backbone.body.conv1.weight"].shape[0]),
+            "image_channel_count": int(sd["backbone.body.conv1.weight"].shape[1]),
+            "fpn_channels": int(sd["backbone.fpn.layer_blocks.0.0.weight"].shape[0]),
+            "box_head_dim": int(sd["roi_heads.box_predictor.cls_score.weight"].shape[1]),
+            "mask_head_channels": int(sd["roi_heads.mask_predictor.conv5_mask.weight"].shape[1]),
+            "mask_head_convs": len({m.group(1) for k in sd if (m := re.match(r"roi_heads\.mask_head\.(\d+)\.", k))}),
+        }
+    except KeyError as exc:
+        raise WeightsError(f"not a complete Mask R-CNN state dict (no {exc.args[0]}); pass Mask R-CNN weights") from None
+    except IndexError:
+        raise WeightsError("a Mask R-CNN state dict with tensors of the wrong rank (conv1 / cls_score / conv5_mask); "
+                           "the file is damaged: save or download it again") from None
     if values["num_classes"] == 91:
         values["class_names"] = list(COCO_CLASSES)
     return values
@@ -296,7 +379,11 @@ def load_into(model: nn.Module, sd: dict[str, Tensor], *, source: str, reinit_cl
     if dropped:
         log(f"{source}: re-initialised the class-dependent layers (cls_score, bbox_pred, mask_fcn_logits) "
             f"for {_classes_of(own)} classes")
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as exc:  # e.g. a tensor of a type that cannot be copied into a parameter
+        raise WeightsError(f"{source}: cannot load the weights into the model ({_first_line(exc)}); "
+                           "use weights saved from this architecture") from None
     missing = [k for k in missing if k not in dropped]
     if unexpected:
         raise WeightsError(f"{source}: unexpected key {unexpected[0]!r} ({len(unexpected)} in all); "
@@ -370,25 +457,113 @@ def save_checkpoint(model: nn.Module, config: Config, path: str | Path, extra_me
 
 
 def load_checkpoint(path: str | Path) -> tuple[Config, dict[str, Tensor]]:
-    """``(config, state_dict)`` of one of our checkpoints."""
+    """``(config, state_dict)`` of one of our checkpoints; every problem is one :class:`WeightsError` line."""
     from safetensors import safe_open
 
     path = Path(path)
     file = path / "model.safetensors" if path.is_dir() else path
-    if not file.is_file():
-        raise WeightsError(f"{path}: no checkpoint here; expected a .safetensors file or a folder with model.safetensors")
+    check_weights_file(file)
     try:
         with safe_open(str(file), framework="pt") as f:
             meta = f.metadata() or {}
             sd = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise WeightsError(f"{file}: not a readable safetensors file ({exc}); the checkpoint is corrupt") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise WeightsError(f"{file}: not a readable safetensors file ({_first_line(exc)}); the checkpoint is corrupt "
+                           "or truncated: use another checkpoint or save it again") from None
     if path.is_dir() and (path / "config.yaml").is_file():
-        config = Config.from_yaml(path / "config.yaml")
+        try:
+            config = Config.from_yaml(path / "config.yaml")
+        except ConfigError as exc:
+            raise WeightsError(f"{path}: the checkpoint's config.yaml is invalid ({exc}); fix that file") from None
     elif _META_KEY in meta:
-        import yaml
-
-        config = Config.create(**yaml.safe_load(meta[_META_KEY]))
+        config = _embedded_config(meta[_META_KEY], file)
     else:
         raise WeightsError(f"{file}: safetensors file without a maskrcnn config; load it as a state dict instead")
+    check_finite(sd, str(file))
     return config, sd
+
+
+def _embedded_config(text: str, file: Path) -> Config:
+    """The config YAML stored in a checkpoint's metadata, validated."""
+    fix = "the file is damaged or was not written by maskrcnn: use another checkpoint or save it again"
+    try:
+        data = parse_yaml(text, f"{file}: the embedded config", fix=fix)
+        if not isinstance(data, dict):
+            raise WeightsError(f"{file}: the embedded config is a YAML {type(data).__name__}, not a mapping of "
+                               f"field: value; {fix}")
+        return Config(**data)
+    except ConfigError as exc:
+        msg = str(exc)
+        raise WeightsError(msg if msg.startswith(str(file)) else f"{file}: the embedded config is invalid ({msg}); {fix}") from None
+
+
+# ---------------------------------------------------------------------------- one entry point
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Weights named by a spec, read and checked (known key names, finite values).
+
+    Attributes:
+        state_dict: the tensors, under the current torchvision key names.
+        implied: config fields the weights fix: a checkpoint's whole config; for a state dict its
+            architecture, backbone, class count, channel and head widths (plus ``frozen_bn_eps``
+            for a v1 file: torchvision's convention is 0, see :func:`v1_frozen_bn_eps`).
+        source: the spec as given, for messages.
+        config: a checkpoint's own config (None for a state dict).
+    """
+
+    state_dict: dict[str, Tensor]
+    implied: dict[str, Any]
+    source: str
+    config: Config | None = None
+
+    @property
+    def frozen_bn_eps(self) -> float | None:
+        """The frozen-BatchNorm eps the weights were made with, None when they do not say."""
+        return self.implied.get("frozen_bn_eps")
+
+    def fit(self, config: Config, keys: tuple[str, ...]) -> Config:
+        """``config`` with ``frozen_bn_eps`` following the weights when it is unset; a one-line
+        :class:`WeightsError` when one of ``keys`` differs from what the weights imply."""
+        for key in keys:
+            if key in self.implied and getattr(config, key) != self.implied[key]:
+                raise WeightsError(f"{self.source}: the weights have {key}={self.implied[key]!r} but the config says "
+                                   f"{getattr(config, key)!r}; set {key}: {self.implied[key]!r} in the config or use "
+                                   "matching weights")
+        if config.frozen_bn_eps is None and self.frozen_bn_eps is not None:
+            return config.replace(frozen_bn_eps=self.frozen_bn_eps)
+        return config
+
+
+def resolve_weights(spec: str | os.PathLike[str], *, progress: bool = True) -> ResolvedWeights:
+    """Read the weights ``spec`` names: ``"coco"``/``"coco-v2"`` (downloaded once, hash-checked),
+    one of our checkpoints (``.safetensors`` with a config, or a folder), or a state-dict file.
+
+    The one place that turns a weights spec into tensors and config values (``maskrcnn.load``,
+    ``maskrcnn train --weights``). Every problem is a one-line :class:`WeightsError` naming the
+    file and the fix.
+    """
+    source = str(spec)
+    if source in NAMED_WEIGHTS:
+        path, _ = resolve_named(source, progress=progress)
+        sd = convert_torchvision(read_state_dict(path))
+        implied = _implied_by(sd, source)
+        if implied["architecture"] == "v1":
+            implied["frozen_bn_eps"] = 0.0  # torchvision's COCO file
+        return ResolvedWeights(sd, implied, source)
+    if is_checkpoint(spec):
+        config, sd = load_checkpoint(spec)
+        return ResolvedWeights(sd, config.model_dump(), source, config)
+    sd = convert_torchvision(read_state_dict(spec))
+    implied = _implied_by(sd, source)
+    if implied["architecture"] == "v1":
+        implied["frozen_bn_eps"] = v1_frozen_bn_eps(sd)
+    return ResolvedWeights(sd, implied, source)
+
+
+def _implied_by(sd: dict[str, Tensor], source: str) -> dict[str, Any]:
+    try:
+        return config_from_state_dict(sd)
+    except WeightsError as exc:
+        raise WeightsError(f"{source}: {exc}") from None

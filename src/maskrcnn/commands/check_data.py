@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .args import non_negative_int, positive_float, positive_int, probability
+
 __all__ = ["add_parser", "run"]
 
 
@@ -26,13 +28,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--format", "-f", default=None,
                    help="coco, via, labelme, instance-masks, label-images or yolo (default: detected from the path)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--max-per-kind", type=int, default=10, metavar="N",
+    p.add_argument("--max-per-kind", type=positive_int, default=10, metavar="N",
                    help="findings listed per kind in the text report (default 10)")
-    p.add_argument("--tiny-area", type=int, default=16, metavar="PX",
+    p.add_argument("--tiny-area", type=non_negative_int, default=16, metavar="PX",
                    help="masks with fewer pixels are reported as tiny (default 16)")
-    p.add_argument("--duplicate-iou", type=float, default=0.9, metavar="IOU",
+    p.add_argument("--duplicate-iou", type=probability, default=0.9, metavar="IOU",
                    help="instances of one image overlapping at this mask IoU are reported (default 0.9)")
-    p.add_argument("--imbalance-ratio", type=float, default=10.0, metavar="R",
+    p.add_argument("--imbalance-ratio", type=positive_float, default=10.0, metavar="R",
                    help="most/least frequent class ratio reported as imbalance (default 10)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..utils.files import atomic_write_text
+from .args import non_negative_int, positive_float, positive_int
 
 __all__ = [
     "add_parser",
@@ -97,11 +98,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "write overlays, loss curves, metrics and the checkpoint to --out.",
     )
     p.add_argument("--out", "-o", default="demo_out", metavar="DIR", help="output folder (default: demo_out)")
-    p.add_argument("--minutes", type=float, default=None,
+    p.add_argument("--minutes", type=positive_float, default=None,
                    help=f"training time budget in minutes (default {DemoSettings.minutes:g}; evaluation adds ~30 s)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the data, the initial weights and the sampling (default: the preset's, 0)")
+    p.add_argument("--seed", type=non_negative_int, default=None, help="seed of the data, the initial weights and the sampling (default: the preset's, 0)")
     p.add_argument("--quick", action="store_true", help="a short run on few images (about a minute; for tests)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: 2 or 1, whichever trains faster, re-checked every minute)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the shapes_demo preset, e.g. --set epochs=10 (repeatable)")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import DataError, MaskRCNNError
 from ..utils.files import atomic_write, atomic_write_json, ensure_output_dir
+from .args import non_negative_int, positive_int, probability
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
@@ -17,15 +18,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--weights", required=True, help="coco, coco-v2, a checkpoint (.safetensors or folder) or a torchvision .pth")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--score", type=float, default=0.5, help="minimum score of written detections (default 0.5)")
+    p.add_argument("--score", type=probability, default=0.5, help="minimum score of written detections (default 0.5)")
     p.add_argument("--config", help="config YAML (default: the checkpoint's)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=2, help="images per forward pass (only images of one size are batched)")
+    p.add_argument("--batch-size", type=positive_int, default=2, help="images per forward pass (only images of one size are batched)")
     p.add_argument("--fast", action="store_true", help="fast mode (BN folded, bf16 where safe)")
     p.add_argument("--no-overlays", action="store_true", help="write only the JSON")
-    p.add_argument("--tile", type=int, metavar="PX", help="detect on overlapping PX x PX tiles and merge instances "
+    p.add_argument("--tile", type=positive_int, metavar="PX", help="detect on overlapping PX x PX tiles and merge instances "
                    "across borders (images larger than the model input; no overlays)")
-    p.add_argument("--tile-overlap", type=int, default=128, metavar="PX", help="least overlap of neighbouring tiles (default 128)")
+    p.add_argument("--tile-overlap", type=non_negative_int, default=128, metavar="PX", help="least overlap of neighbouring tiles (default 128)")
     p.add_argument("--jsonl", action="store_true", help="stream results to OUT/detections.jsonl + images.jsonl image by "
                    "image (bounded memory, no overlays)")
     return p

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .args import non_negative_float, positive_int
+
 __all__ = ["add_parser", "run"]
 
 #: :data:`maskrcnn.engine.memory.LEVER_KEYS`, here so that ``maskrcnn --help`` does not import torch
@@ -35,16 +37,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="memory budget, e.g. 8GiB, 16GB (default: the GPU's memory, or the RAM available now on CPU)")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--write", "-w", metavar="C2", help="write the recommended config to this YAML file")
-    p.add_argument("--headroom", type=float, default=0.10,
+    p.add_argument("--headroom", type=non_negative_float, default=0.10,
                    help="fraction of the budget to leave free (default 0.10)")
-    p.add_argument("--steps", type=int, default=2, help="training steps per measurement (default 2)")
+    p.add_argument("--steps", type=positive_int, default=2, help="training steps per measurement (default 2)")
     p.add_argument("--image-size", metavar="HxW", help="size of the synthetic source images (default: a 4:3 photo "
                    "with short side image_min_dim)")
-    p.add_argument("--instances", type=int, default=None,
+    p.add_argument("--instances", type=positive_int, default=None,
                    help="instances per image of your data (default: max_gt_instances, the worst case)")
     p.add_argument("--levers", metavar="A,B", help=f"only these levers ({', '.join(LEVER_NAMES)})")
     p.add_argument("--explore", action="store_true", help="measure every lever even when the config fits")
-    p.add_argument("--threads", type=int, default=None, help="torch threads of each measurement (CPU)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads of each measurement (CPU)")
     return p
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MaskRCNNError
+from .args import positive_float
 
 __all__ = ["add_parser", "run", "load_training_data", "pretrained_model"]
 
@@ -35,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                           "which run 'auto' continues: a run keeps its own config.yaml (change fields with --set)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set epochs=24 --set learning_rate=0.01 (repeatable)")
-    p.add_argument("--minutes", type=float, default=None, metavar="M",
+    p.add_argument("--minutes", type=positive_float, default=None, metavar="M",
                    help="train for M minutes of wall-clock time (the schedule is fitted to the steps that fit; "
                         "same as --set max_train_minutes=M); the run fills the time unless you set epochs "
                         "(--set epochs=N or in your config file), then it ends at whichever comes first")
@@ -232,32 +233,12 @@ def pretrained_model(config: Any, spec: str) -> tuple[Any, Any]:
     of another channel count are adapted by :func:`maskrcnn.weights.load_into`.
     """
     from .. import weights as W
-    from ..errors import WeightsError
     from ..modeling import build_model
 
-    eps = None
-    if spec in W.NAMED_WEIGHTS:
-        path, _ = W.resolve_named(spec)
-        sd = W.convert_torchvision(W.read_state_dict(path))
-        implied = W.config_from_state_dict(sd)
-        eps = 0.0 if implied["architecture"] == "v1" else None
-    elif W.is_checkpoint(spec):
-        source_config, sd = W.load_checkpoint(spec)
-        implied, eps = source_config.model_dump(), source_config.frozen_bn_eps
-    else:
-        if not Path(spec).is_file():
-            raise WeightsError(f"--weights {spec}: not found; pass coco, coco-v2, one of our checkpoints or a torchvision .pth")
-        sd = W.convert_torchvision(W.read_state_dict(spec))
-        implied = W.config_from_state_dict(sd)
-        eps = W.v1_frozen_bn_eps(sd) if implied["architecture"] == "v1" else None
-    for key in ("architecture", "backbone"):
-        if implied[key] != getattr(config, key):
-            raise WeightsError(f"--weights {spec}: has {key}={implied[key]!r} but the config says {getattr(config, key)!r}; "
-                               f"set {key}: {implied[key]!r} or use other weights")
-    if config.frozen_bn_eps is None and eps is not None:
-        config = config.replace(frozen_bn_eps=eps)
+    resolved = W.resolve_weights(spec)
+    config = resolved.fit(config, ("architecture", "backbone"))
     model = build_model(config)
-    W.load_into(model, sd, source=f"--weights {spec}", reinit_classes=True, log=lambda m: print(m, file=sys.stderr))
+    W.load_into(model, resolved.state_dict, source=f"--weights {spec}", reinit_classes=True, log=lambda m: print(m, file=sys.stderr))
     return config, model
 
 

@@ -99,10 +99,6 @@ class RunLogger:
                 except ImportError:
                     self._tb = None
 
-    @property
-    def has_tensorboard(self) -> bool:
-        return self._tb is not None
-
     def info(self, message: str) -> None:
         """Print a line (above the progress bar if one is shown)."""
         if not self.enabled:

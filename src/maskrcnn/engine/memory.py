@@ -67,6 +67,7 @@ import numpy as np
 from ..config import Config, ConfigError
 from ..data.dataset import Dataset
 from ..errors import MaskRCNNError
+from .runtime import cpu_has_fast_bf16
 
 __all__ = [
     "SyntheticInstances",
@@ -822,45 +823,6 @@ def lever_settings(config: Config, device: str = "cpu", instances: int | None = 
     return out
 
 
-def mini_masks_reach_the_model() -> bool:
-    """Whether ``use_mini_mask`` trains correct mask targets in this build: one square instance
-    through the training pipeline with mini-masks, then the RoI heads' target of its own box must
-    be the square (all ones). (It is not when the pipeline and the model disagree on where the
-    mini-masks are: the model then reads them as full-image masks.)"""
-    try:
-        import torch
-
-        from ..data.pipeline import TrainingDataset
-        from ..modeling.roi_heads import RoIHeads
-
-        ds = SyntheticInstances(1, 64, 64, 1, 2)
-        # a 16 px square at (4, 4): read as a full-image mask, the 8x8 mini-mask covers only part of it
-        # (a square farther from the origin would give an empty crop, which crashes RoIAlign)
-        ds.load_mask = lambda i: (np.pad(np.ones((16, 16, 1), bool), ((4, 44), (4, 44), (0, 0))),  # type: ignore[method-assign]
-                                  np.ones(1, np.int32))
-        cfg = Config(num_classes=2, image_resize_mode="none", image_min_dim=64, use_mini_mask=True, mini_mask_shape=[8, 8])
-        _, target = TrainingDataset(ds, cfg, train=False, skip_errors=False)[0]
-        out = RoIHeads.mask_targets(None, target["boxes"].float(), torch.zeros(1, dtype=torch.int64), target, 28)  # type: ignore[arg-type]
-        return bool(out.mean() > 0.9)
-    except Exception:  # noqa: BLE001 - a changed internal API: do not block the lever
-        return True
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU runs bf16 convolutions natively (AVX512-BF16 / AMX); without, bf16 autocast
-    is emulated and several times slower than fp32 (measured 8x on an AVX2 machine)."""
-    try:
-        import torch
-
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # noqa: BLE001 - a private helper; fall back to the CPU flags
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return True
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 State = dict[str, int]  # lever key -> level (0 = as in the base config)
 
 
@@ -1253,10 +1215,6 @@ def plan_memory(
             raise ConfigError(f"--levers {unknown[0]!r}: unknown lever; choose from {', '.join(LEVER_KEYS)}")
         settings = {k: v for k, v in settings.items() if k in levers}
     notes: list[str] = []
-    if "mini_masks" in settings and not mini_masks_reach_the_model():
-        del settings["mini_masks"]
-        notes.append("mini-masks left out: with use_mini_mask=true this build trains wrong mask targets (the data "
-                     "pipeline stores mini-masks under 'masks', the model reads them from 'mini_masks')")
     if "amp" in settings and not device.startswith("cuda") and not cpu_has_fast_bf16():
         del settings["amp"]
         notes.append("amp left out: this CPU has no bf16 instructions (bf16 autocast is emulated, several times slower)")

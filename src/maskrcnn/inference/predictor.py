@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..config import Config
-from ..errors import DataError, WeightsError
+from ..errors import DataError
 from ..modeling import MaskRCNN, build_model
 from .paste import paste_masks
 from .results import Detections
@@ -43,43 +43,19 @@ def load(weights: str | os.PathLike | None = "coco", *, config: Config | str | o
         frozen_bn_eps: override the frozen-BatchNorm eps convention (torchvision v1 files use 0).
         overrides: config fields to change, e.g. ``detection_min_confidence=0.5``.
     """
-    sd: dict[str, Tensor] | None = None
-    source = str(weights)
-    implied: dict[str, Any] = {}
+    from .. import weights as W
+    from ..engine.runtime import resolve_device
+
+    device = resolve_device(device)  # a bad name is an error before the weights are read
     if isinstance(config, (str, os.PathLike)):
         config = Config.from_yaml(config)
-    from .. import weights as W
-
-    if weights is None:
-        if config is None:
-            config = Config()
-    elif str(weights) in W.NAMED_WEIGHTS:
-        path, _ = W.resolve_named(str(weights), progress=progress)
-        sd = W.convert_torchvision(W.read_state_dict(path))
-        implied = W.config_from_state_dict(sd)
-        if implied["architecture"] == "v1":
-            implied["frozen_bn_eps"] = 0.0
-    elif W.is_checkpoint(weights):
-        ck_config, sd = W.load_checkpoint(weights)
-        implied = ck_config.model_dump()
+    resolved = W.resolve_weights(weights, progress=progress) if weights is not None else None
+    if resolved is None:
+        config = config if config is not None else Config()
+    elif config is None:
+        config = Config.create(**resolved.implied)
     else:
-        path = Path(weights)
-        if not path.exists():
-            raise WeightsError(f"{path}: weights file not found; pass 'coco', 'coco-v2', one of our checkpoints "
-                               "or a torchvision .pth state dict")
-        sd = W.convert_torchvision(W.read_state_dict(path))
-        implied = W.config_from_state_dict(sd)
-        if implied["architecture"] == "v1":
-            implied["frozen_bn_eps"] = W.v1_frozen_bn_eps(sd)
-    if config is None:
-        config = Config.create(**implied) if implied else Config()
-    elif implied:
-        for key in ("architecture", "backbone", "num_classes", "image_channel_count"):
-            if key in implied and getattr(config, key) != implied[key]:
-                raise WeightsError(f"{source}: weights have {key}={implied[key]!r} but the config says "
-                                   f"{getattr(config, key)!r}; set {key}: {implied[key]!r} in the config or use matching weights")
-        if config.frozen_bn_eps is None and implied.get("frozen_bn_eps") is not None:
-            overrides.setdefault("frozen_bn_eps", implied["frozen_bn_eps"])
+        config = resolved.fit(config, ("architecture", "backbone", "num_classes", "image_channel_count"))
     if frozen_bn_eps is not None:
         overrides["frozen_bn_eps"] = frozen_bn_eps
     if fast is not None:
@@ -87,10 +63,8 @@ def load(weights: str | os.PathLike | None = "coco", *, config: Config | str | o
     if overrides:
         config = config.replace(**overrides)
     model = build_model(config)
-    if sd is not None:
-        W.load_into(model, sd, source=source, reinit_classes=False, log=_log)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if resolved is not None:
+        W.load_into(model, resolved.state_dict, source=resolved.source, reinit_classes=False, log=_log)
     return Predictor(model, device=device)
 
 
@@ -110,9 +84,10 @@ class Predictor:
     """
 
     def __init__(self, model: MaskRCNN, device: str | torch.device = "cpu", *, resize_mode: str | None = None) -> None:
+        from ..engine.runtime import resolve_device
         from ..modeling.transform import InputTransform, check_inference_mode
 
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         if model.config.fast:
             import copy

@@ -150,4 +150,3 @@ class BackboneWithFPN(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return self.fpn(self.body(x))
-

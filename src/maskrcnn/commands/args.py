@@ -1,0 +1,61 @@
+"""Argument types shared by every command (``type=`` of ``argparse``).
+
+Each type turns the text of a flag into a checked value or raises
+:class:`argparse.ArgumentTypeError`, so a bad value (``--score 2``, ``--score nan``,
+``--batch-size 0``, ``--minutes -5``) is a usage error of that flag before anything runs:
+``maskrcnn detect: error: argument --score: a probability from 0 to 1 (e.g. 0.5), not '2'``.
+NaN and infinity are refused by every number type.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["probability", "positive_int", "non_negative_int", "positive_float", "non_negative_float"]
+
+
+def _number(text: str, kind: str, example: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{kind} (e.g. {example}), not {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{kind} (e.g. {example}), not {text!r}: NaN and infinity are not allowed")
+    return value
+
+
+def _integer(text: str, kind: str, example: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{kind} (e.g. {example}), not {text!r}") from None
+
+
+def _checked(name: str, parse: Callable[[str, str, str], Any], kind: str, example: str,
+             ok: Callable[[Any], bool]) -> Callable[[str], Any]:
+    """An argparse type: ``parse`` the text, then require ``ok(value)``; errors say ``kind`` and ``example``."""
+
+    def convert(text: str) -> Any:
+        value = parse(text, kind, example)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{kind} (e.g. {example}), not {text!r}")
+        return value
+
+    convert.__name__ = convert.__qualname__ = name
+    convert.__doc__ = f"Argparse type: {kind}."
+    return convert
+
+
+#: A finite number in ``[0, 1]`` (score and IoU thresholds).
+probability = _checked("probability", _number, "a probability from 0 to 1", "0.5", lambda v: 0.0 <= v <= 1.0)
+#: A whole number ``>= 1`` (batch sizes, steps, counts, threads, tile sizes).
+positive_int = _checked("positive_int", _integer, "a whole number, at least 1", "2", lambda v: v >= 1)
+#: A whole number ``>= 0`` (seeds, overlaps, pixel areas).
+non_negative_int = _checked("non_negative_int", _integer, "a whole number, at least 0", "0", lambda v: v >= 0)
+#: A finite number ``> 0`` (minutes, ratios).
+positive_float = _checked("positive_float", _number, "a number above 0", "30", lambda v: v > 0)
+#: A finite number ``>= 0``.
+non_negative_float = _checked("non_negative_float", _number, "a number, at least 0", "0.1", lambda v: v >= 0)
