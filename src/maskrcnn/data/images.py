@@ -19,22 +19,19 @@ Nothing is converted to match the model: :func:`check_channels` compares the cha
 Hostile or damaged files never crash the process, hang it or exhaust its memory; each raises a
 one-line :class:`DataError` naming the file and the fix:
 
-* **Pixel limit** (like Pillow's decompression-bomb guard, for every format and decoder): the size
-  is read from the header and checked before anything is decoded. ``H * W`` may be at most
-  :func:`max_image_pixels` (default :data:`DEFAULT_MAX_IMAGE_PIXELS`, 178,956,970: twice Pillow's
-  warning level), and ``H * W * C`` at most four times that (a TIFF with very many channels). Set
-  it with the environment variable ``MASKRCNN_MAX_IMAGE_PIXELS`` (a pixel count; ``0`` or
-  ``none`` disables the limit; it also reaches data-loader worker processes and wins over the
-  module setting) or in Python with ``maskrcnn.data.images.MAX_IMAGE_PIXELS = 400_000_000``
-  (``None`` disables). Pillow's own limit is not used (ours replaces it, whatever its value).
-* **Full decode checks**: a PNG's chunks (CRC of every chunk, ``IHDR``, ``IEND``) are checked
-  before decoding (:mod:`maskrcnn.data.png`); 16-bit colour PNGs, which only torchvision's libpng
-  decoder keeps at 16 bits and which crash the process when libpng meets an error, also have
-  their image data checked first. Every image is decoded completely before it is used, so a
-  truncated or corrupt file is an error, never a partly black image.
+* **Pixel limit** (Pillow's decompression-bomb guard, for every format and decoder), checked from
+  the header before anything is decoded: ``H * W`` at most :func:`max_image_pixels` (default
+  178,956,970, where Pillow refuses), ``H * W * C`` at most four times that. Set it with the
+  environment variable ``MASKRCNN_MAX_IMAGE_PIXELS`` (a count; ``0`` or ``none`` disables it; it
+  reaches data-loader workers and wins over the module setting) or in Python with
+  ``maskrcnn.data.images.MAX_IMAGE_PIXELS = 400_000_000`` (``None`` disables). It replaces Pillow's.
+* **Full decode checks**: a PNG's chunks (CRCs, ``IHDR``, ``IEND``) are checked before decoding
+  (:mod:`maskrcnn.data.headers`), and so is the image data of 16-bit colour PNGs, whose libpng
+  decoder (torchvision's) crashes the process on any error. Every image is decoded completely
+  before use: a truncated or corrupt file is an error, never a partly black image.
 * Missing files, folders, broken or looping symbolic links, pipes and devices are refused
-  without being opened; any decoder exception (``OSError``, ``ValueError``, ``MemoryError``,
-  ``zlib``/``struct``/tifffile errors) becomes a :class:`DataError` naming the file.
+  unopened; any decoder exception (``OSError``, ``ValueError``, ``MemoryError``, zlib, struct,
+  tifffile errors) becomes a :class:`DataError` naming the file.
 
 :func:`iter_image_files` is the one listing of the image files of a folder
 (:data:`IMAGE_EXTENSIONS`), used by ``detect``, streaming and the dataset formats.
@@ -45,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import logging
 import os
 import stat
 import threading
@@ -57,7 +55,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError, MaskRCNNError
-from .png import PNG_MAGIC, check_png, png_header
+from .headers import PNG_MAGIC, check_png, png_header, webp_size
 
 if TYPE_CHECKING:
     import torch
@@ -88,6 +86,8 @@ MAX_IMAGE_PIXELS: int | None = DEFAULT_MAX_IMAGE_PIXELS
 PIXEL_LIMIT_ENV = "MASKRCNN_MAX_IMAGE_PIXELS"
 _VALUES_PER_PIXEL_LIMIT = 4  # H * W * C may be at most 4 x the pixel limit (an RGBA image at the limit)
 _PIL_LIMIT_LOCK = threading.Lock()
+# tifffile logs what it finds wrong in a file; our DataError says it in one line: no last-resort stderr print
+logging.getLogger("tifffile").addHandler(logging.NullHandler())
 
 
 # --------------------------------------------------------------------------- limits and listing
@@ -123,12 +123,14 @@ def check_pixel_count(height: int, width: int, channels: int = 1, name: str = "i
     values = pixels * max(1, int(channels))
     if pixels <= limit and values <= _VALUES_PER_PIXEL_LIMIT * limit:
         return
-    size = f"{width:,} x {height:,}" + (f" x {channels:,} channels" if pixels <= limit else "")
-    count = f"{pixels:,} pixels" if pixels > limit else f"{values:,} values"
-    cap = f"{limit:,}" if pixels > limit else f"{_VALUES_PER_PIXEL_LIMIT * limit:,} (4 x the pixel limit)"
-    need = pixels if pixels > limit else -(-values // _VALUES_PER_PIXEL_LIMIT)
-    raise DataError(f"cannot read image {name}: {size} = {count} is over the limit of {cap} (a decompression bomb?); "
-                    f"if the image is genuine, raise the limit: {PIXEL_LIMIT_ENV}={need} (0 disables it)")
+    if pixels > limit:
+        what, need = f"{width:,} x {height:,} = {pixels:,} pixels is over the limit of {limit:,}", pixels
+    else:
+        what = (f"{width:,} x {height:,} x {channels:,} channels = {values:,} values is over the limit of "
+                f"{_VALUES_PER_PIXEL_LIMIT * limit:,} (4 x the pixel limit)")
+        need = -(-values // _VALUES_PER_PIXEL_LIMIT)
+    raise DataError(f"cannot read image {name}: {what}, a possible decompression bomb; if the image is genuine, "
+                    f"raise the limit: {PIXEL_LIMIT_ENV}={need} (0 disables it)")
 
 
 def iter_image_files(folder: str | os.PathLike[str], *, recursive: bool = True,
@@ -155,7 +157,7 @@ def iter_image_files(folder: str | os.PathLike[str], *, recursive: bool = True,
         seen.add(real)
         try:
             with os.scandir(d) as it:
-                entries = sorted((e.name, e.is_dir()) for e in it)
+                entries = sorted((e.name, _is_dir(e)) for e in it)
         except OSError as exc:
             raise DataError(f"{d}: cannot list the folder ({exc.strerror or exc}); check its permissions") from None
         for name, is_dir in entries:
@@ -166,6 +168,13 @@ def iter_image_files(folder: str | os.PathLike[str], *, recursive: bool = True,
                 yield d / name
 
     yield from walk(root)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symbolic link loop: not a folder (listed, so that reading it reports the loop)
+        return False
 
 
 # --------------------------------------------------------------------------- reading
@@ -204,6 +213,9 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
             else:
                 arr, orientation = _decode_pil(data, name)
         else:
+            webp = webp_size(data)  # Pillow's WebP opener allocates the canvas: check it first
+            if webp is not None:
+                check_pixel_count(webp[1], webp[0], 4, name)
             arr, orientation = _decode_pil(data, name)
         return normalize_pixels(apply_orientation(arr, orientation), name)
 
@@ -218,10 +230,17 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     check_image_file(path)
     name = str(path)
     with _decoding(name), open(path, "rb") as fh:
-        if fh.read(4) in TIFF_MAGIC:
-            fh.seek(0)
-            return _tiff_size(fh, name)
+        head = fh.read(33)
         fh.seek(0)
+        if not head:
+            raise DataError(f"cannot read image {name}: empty file; re-export or remove it")
+        if head[:8] == PNG_MAGIC:
+            png_header(head, name)  # its own words for a damaged header (PIL would say "not an image")
+        if head[:4] in TIFF_MAGIC:
+            return _tiff_size(fh, name)
+        webp = webp_size(head)
+        if webp is not None:
+            check_pixel_count(webp[1], webp[0], 4, name)
         with _open_pil(fh, name) as im:
             w, h = im.size
             orientation = pil_orientation(im, header_only=True)
@@ -400,6 +419,8 @@ def pil_orientation(im: Image.Image, header_only: bool = False) -> int:
     data counts (PIL's ``getexif`` would decode the whole file to look behind it). Without it,
     load the image first (``im.load()``) so that a decoding error is raised, not hidden here.
     """
+    if im.format == "PNG" and not header_only and "exif" not in im.info:
+        im.load()  # PIL's getexif would load it here and the error would be swallowed below
     try:
         if header_only and im.format == "PNG":
             return _exif_orientation(im.info.get("exif") or b"")
@@ -488,9 +509,14 @@ def _reason(exc: BaseException) -> str:
     low = text.lower()
     if isinstance(exc, UnidentifiedImageError) or "cannot identify image" in low:
         return "not an image or an unsupported format"
-    if isinstance(exc, EOFError) or any(w in low for w in ("truncated", "broken", "unexpected end", "failed to read")):
+    if isinstance(exc, EOFError) or any(w in low for w in ("truncated", "broken", "unexpected end", "failed to read",
+                                                           "unpack requires", "expected to read")):
         return "truncated file"
-    return f"corrupt file ({type(exc).__name__}: {text})" if text else f"corrupt file ({type(exc).__name__})"
+    if "could not create decoder" in low:  # libwebp
+        return "truncated or corrupt file"
+    kind = type(exc).__name__
+    kind = f"{type(exc).__module__}.{kind}" if kind == "error" else kind  # zlib.error, struct.error
+    return f"corrupt file ({kind}: {text})" if text else f"corrupt file ({kind})"
 
 
 def _exif_orientation(raw: bytes) -> int:

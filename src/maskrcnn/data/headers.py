@@ -1,4 +1,5 @@
-"""PNG structure checks run before any decoder sees the bytes: :func:`check_png`.
+"""Header and structure checks run before any decoder sees the bytes: PNG (:func:`check_png`) and
+the size in a WebP header (:func:`webp_size`, because Pillow allocates a WebP's canvas on opening).
 
 Why: decoders trust the file. Pillow does not verify the CRC of image-data (``IDAT``) chunks, so a
 damaged file decodes to a partly wrong image; and torchvision's ``decode_png`` (the only decoder
@@ -32,7 +33,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["PNG_MAGIC", "PngHeader", "png_header", "check_png"]
+__all__ = ["PNG_MAGIC", "PngHeader", "png_header", "check_png", "webp_size"]
 
 #: The 8-byte signature every PNG file starts with.
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -155,7 +156,7 @@ def check_png(data: bytes, name: str, *, image_data: bool = False) -> PngHeader:
         raise _fail(name, "corrupt PNG (palette image without a PLTE chunk)")
     if image_data:
         if max(header.width, header.height) > LIBPNG_MAX_SIDE:
-            raise DataError(f"cannot read image {name}: {header.width} x {header.height} pixels is more than the 16-bit "
+            raise DataError(f"cannot read image {name}: {header.width:,} x {header.height:,} pixels is more than the 16-bit "
                             f"PNG decoder's {LIBPNG_MAX_SIDE:,} pixels per side; save it as a 16-bit TIFF")
         _check_image_data(header, idat, name)
     return replace(header, exif=exif) if exif else header
@@ -206,3 +207,19 @@ def _check_filters(piece: np.ndarray, pos: int, segments: list[tuple[int, int, i
             sel = piece[start::stride][: count - k]
             if sel.size and int(sel.max()) > 4:
                 raise _fail(name, "corrupt PNG image data (bad row filter type)")
+
+
+def webp_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a WebP's first chunk (VP8X canvas, VP8L or VP8 frame header); None
+    when ``data`` is not a WebP or the header cannot be read (the decoder then reports it)."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    kind, payload = data[12:16], data[20:30]
+    if kind == b"VP8X" and len(payload) >= 10:
+        return 1 + int.from_bytes(payload[4:7], "little"), 1 + int.from_bytes(payload[7:10], "little")
+    if kind == b"VP8L" and len(payload) >= 5 and payload[0] == 0x2F:
+        bits = int.from_bytes(payload[1:5], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if kind == b"VP8 " and len(payload) >= 10 and payload[3:6] == b"\x9d\x01\x2a":
+        return int.from_bytes(payload[6:8], "little") & 0x3FFF, int.from_bytes(payload[8:10], "little") & 0x3FFF
+    return None
