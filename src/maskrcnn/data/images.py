@@ -56,6 +56,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError, MaskRCNNError
 from .headers import PNG_MAGIC, check_png, png_header, webp_size
+from .tiff import tiff_channel_axis, tiff_hwc, tiff_orientation, tiff_squeeze
 
 if TYPE_CHECKING:
     import torch
@@ -438,45 +439,6 @@ def is_16bit_colour_png(data: bytes) -> bool:
     return bit_depth == 16 and colour_type in (2, 4, 6)
 
 
-def tiff_channel_axis(shape: tuple[int, ...], axes: str) -> int | None:
-    """Index of the channel axis of a (squeezed, see :func:`tiff_squeeze`) TIFF series shape, None for 2-D.
-
-    A named ``S`` (samples) or ``C`` axis wins; otherwise (e.g. ``"QYX"``, a stack of pages) the
-    smaller of the first and last axis holds the channels.
-    """
-    if len(shape) == 2:
-        return None
-    for letter in ("S", "C"):
-        if letter in axes:
-            return axes.index(letter)
-    return 2 if shape[2] < shape[0] else 0
-
-
-def tiff_squeeze(shape: tuple[int, ...], axes: str, name: str) -> tuple[tuple[int, ...], str, list[int]]:
-    """Drop singleton axes (never Y or X) of a TIFF series; return the new shape, axes and the kept
-    indices. Raises :class:`DataError` when more than 3 axes remain (not one image with channels)."""
-    keep = [i for i, (n, a) in enumerate(zip(shape, axes)) if n != 1 or a in "YX"]
-    if len(keep) < 2:
-        keep = list(range(len(shape)))[-2:]
-    new_shape = tuple(shape[i] for i in keep)
-    new_axes = "".join(axes[i] for i in keep) if len(axes) == len(shape) else ""
-    if len(new_shape) > 3:
-        raise DataError(
-            f"cannot read image {name}: TIFF with shape {tuple(shape)} (axes {axes}) is not one 2-D image "
-            "with channels; save one image per file as [H, W, C] or [C, H, W]"
-        )
-    return new_shape, new_axes, keep
-
-
-def tiff_orientation(tif: Any) -> int:
-    """Orientation tag (274) of the first page of an open ``tifffile.TiffFile``; 1 when absent or malformed."""
-    try:
-        tag = tif.pages[0].tags.get(274)
-        return int(tag.value) if tag is not None else 1
-    except Exception:
-        return 1
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -585,11 +547,6 @@ def _decode_png16(data: bytes) -> np.ndarray:
     return arr if arr.dtype == np.uint16 else arr.astype(np.uint16)  # older torchvision: int32 holding 16 bits
 
 
-def _tiff_hwc(shape: tuple[int, ...], ch: int | None) -> tuple[int, int, int]:
-    hw = [n for i, n in enumerate(shape) if i != ch]
-    return hw[0], hw[1], (shape[ch] if ch is not None else 1)
-
-
 def _tiff_layout(tif: Any, name: str) -> tuple[Any, tuple[int, ...], int | None, int]:
     """First series, its squeezed shape and channel axis, and the orientation; size checked, nothing read."""
     if not tif.series:
@@ -597,7 +554,7 @@ def _tiff_layout(tif: Any, name: str) -> tuple[Any, tuple[int, ...], int | None,
     series = tif.series[0]
     new_shape, new_axes, _ = tiff_squeeze(tuple(series.shape), str(series.axes), name)
     ch = tiff_channel_axis(new_shape, new_axes)
-    check_pixel_count(*_tiff_hwc(new_shape, ch), name)
+    check_pixel_count(*tiff_hwc(new_shape, ch), name)
     return series, new_shape, ch, tiff_orientation(tif)
 
 
@@ -617,5 +574,5 @@ def _tiff_size(fh: BinaryIO, name: str) -> tuple[int, int]:
 
     with tifffile.TiffFile(fh) as tif:
         _, shape, ch, orientation = _tiff_layout(tif, name)
-    h, w, _ = _tiff_hwc(shape, ch)
+    h, w, _ = tiff_hwc(shape, ch)
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
