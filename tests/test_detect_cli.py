@@ -69,7 +69,9 @@ def test_detect_writes_overlays_and_coco_json(workspace, tmp_path, capsys):
     from pycocotools.coco import COCO
 
     gt = COCO(str(out / "images.json"))
-    assert sorted(gt.getImgIds()) == [1, 3, 4]  # ids follow the sorted file list; broken.png (2) was skipped
+    assert sorted(gt.getImgIds()) == [1, 2, 3]  # ids count the images written, in sorted order (broken.png skipped)
+    skipped = json.loads((out / "images.json").read_text())["skipped"]
+    assert [s["file_name"] for s in skipped] == [str(imgs / "broken.png")] and "corrupt PNG" in skipped[0]["error"]
     by_id = {i["id"]: i for i in json.loads((out / "images.json").read_text())["images"]}
     assert [c["name"] for c in gt.loadCats(gt.getCatIds())] == ["cell", "debris"]
     dt = gt.loadRes(str(out / "detections.json"))

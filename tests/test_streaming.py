@@ -187,6 +187,37 @@ def test_video_without_backend_is_a_clear_error(tmp_path):
         list(iter_source(tmp_path / "missing"))
 
 
+def test_missing_imageio_names_the_video_extra(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "imageio.v3", None)  # import imageio.v3 -> ImportError
+    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 64)
+    with pytest.raises(DataError, match=r"clip.mp4: reading videos needs the video extra \(pip install 'maskrcnn\[video\]'\)"):
+        list(iter_video(tmp_path / "clip.mp4"))
+
+
+def test_a_list_expands_folders_by_path_and_skips_what_cannot_be_read(folder, predictor, tmp_path):
+    """The source ``maskrcnn detect`` builds from its arguments: files, folders (named by full path) and a
+    video that cannot be opened, which is reported and skipped with ``skip_errors``."""
+    pytest.importorskip("imageio")
+    root, expected = folder
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 64)  # no video reader, or not a video: either way skipped
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
+    source = [root / "c", tmp_path / "broken.mp4", tmp_path / "bad.png", root / "a.png"]
+    assert [n for n, _ in iter_source(source[:1])] == [str(root / "c" / n) for n in ("e.png", "f.png", "g.png")]
+    skipped = []
+    got = list(stream_detect(predictor, source, batch_size=2, skip_errors=True,
+                             on_skip=lambda name, exc: skipped.append((name, str(exc))), return_images=True))
+    assert [n for n, _, _ in got] == [str(root / "c" / n) for n in ("e.png", "f.png", "g.png")] + [str(root / "a.png")]
+    assert [n for n, _ in skipped] == [str(tmp_path / "broken.mp4"), str(tmp_path / "bad.png")]
+    assert "broken.mp4" in skipped[0][1] and "corrupt PNG" in skipped[1][1]
+    name, det, image = got[2]  # the array the model saw comes with its detections
+    np.testing.assert_array_equal(image, np.asarray(Image.open(root / "c" / "g.png")))
+    _same(det, predictor.detect(image)[0])
+    with pytest.raises(DataError, match="broken.mp4"):
+        list(stream_detect(predictor, source))
+
+
 def test_results_are_not_kept_by_the_generator(predictor):
     rng = np.random.default_rng(2)
     refs: list[weakref.ref] = []
@@ -223,6 +254,12 @@ def test_detect_to_jsonl_writes_incrementally_and_skips_bad_files(folder, predic
                                   {"id": 8, "file_name": "g.png", "height": 72, "width": 100}]
     with pytest.raises(DataError, match="broken.png"):
         detect_to_jsonl(predictor, src, tmp_path / "x.jsonl")
+    reported = []
+    detect_to_jsonl(predictor, src, tmp_path / "y.jsonl", skipped_out=tmp_path / "skipped.jsonl", skip_errors=True,
+                    on_skip=lambda name, exc: reported.append(name))
+    assert reported == ["broken.png"]
+    (line,) = read_jsonl(tmp_path / "skipped.jsonl")
+    assert line["file_name"] == "broken.png" and "cannot read image" in line["error"] and "broken.png" in line["error"]
 
 
 # --------------------------------------------------------------------------- memory

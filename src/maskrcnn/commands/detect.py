@@ -1,21 +1,40 @@
-"""``maskrcnn detect IMAGES_OR_DIRS --weights W --out DIR [--score 0.5]``."""
+"""``maskrcnn detect IMAGES_OR_DIRS --weights W --out DIR [--score 0.5]``.
+
+Inputs are enumerated and batched by :mod:`maskrcnn.inference.streaming` (folders searched
+recursively for :data:`~maskrcnn.data.images.IMAGE_EXTENSIONS`, videos frame by frame, only
+images of one size batched together). An input that cannot be read (missing, corrupt, truncated,
+over the pixel limit, not an image ...) is skipped: one line ``skipped: <reason>`` on stderr as it
+happens, and the list in the output (``images.json``'s ``"skipped"`` or ``skipped.jsonl``).
+
+Exit status: 0 when at least one image was processed; 1 when every input was unreadable (nothing
+was detected); 2 for a usage error (missing input path, no image found, bad weights or options).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, MaskRCNNError
 from ..utils.files import atomic_write, atomic_write_json, ensure_output_dir
 from .args import non_negative_int, positive_int, probability
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+if TYPE_CHECKING:
+    from ..inference.predictor import Predictor
+
+EXIT_ALL_UNREADABLE = 1
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("detect", help="detect instances in images; write overlays and COCO results JSON")
-    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    p = sub.add_parser("detect", help="detect instances in images; write overlays and COCO results JSON",
+                       description="Detect instances in images, folders (searched recursively) and videos. "
+                       "Unreadable inputs are skipped and listed (stderr and the output). Exit status 0 when at "
+                       f"least one image was processed, {EXIT_ALL_UNREADABLE} when every input was unreadable, "
+                       "2 for a usage error.")
+    p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or videos")
     p.add_argument("--weights", required=True, help="coco, coco-v2, a checkpoint (.safetensors or folder) or a torchvision .pth")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score", type=probability, default=0.5, help="minimum score of written detections (default 0.5)")
@@ -28,109 +47,124 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "across borders (images larger than the model input; no overlays)")
     p.add_argument("--tile-overlap", type=non_negative_int, default=128, metavar="PX", help="least overlap of neighbouring tiles (default 128)")
     p.add_argument("--jsonl", action="store_true", help="stream results to OUT/detections.jsonl + images.jsonl image by "
-                   "image (bounded memory, no overlays)")
+                   "image (bounded memory, no overlays); skipped inputs to OUT/skipped.jsonl")
     return p
 
 
-def collect_images(inputs: list[str]) -> list[Path]:
-    """Files given directly, plus images found recursively in folders, sorted; errors name the missing path."""
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()))
-        elif p.is_file():
-            files.append(p)
-        else:
+def check_inputs(inputs: list[str]) -> list[Path]:
+    """The inputs as paths; :class:`DataError` naming the first that does not exist, or when the
+    inputs hold no image at all (looked up lazily: stops at the first image found)."""
+    from ..inference.streaming import iter_source
+
+    paths = [Path(item) for item in inputs]
+    for p in paths:
+        if not (p.is_dir() or p.is_file()):
             raise DataError(f"{p}: no such file or folder; pass image files or folders")
-    if not files:
-        raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {', '.join(inputs)}")
-    return files
+    if next(iter_source(paths), None) is None:
+        from ..data.images import IMAGE_EXTENSIONS
+
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {', '.join(inputs)}")
+    return paths
+
+
+class _Skips:
+    """Skipped inputs: each printed on stderr (through the progress bar) as it happens, and kept."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, str]] = []
+        self.bar: Any = None
+
+    def __call__(self, name: str, exc: MaskRCNNError) -> None:
+        reason = str(exc)
+        self.items.append({"file_name": name, "error": reason})
+        line = f"skipped: {reason}" if name in reason else f"skipped {name}: {reason}"
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
     from tqdm import tqdm
 
-    from ..data.images import read_image
     from ..inference.predictor import load
-    from ..inference.visualize import overlay
 
     if args.batch_size < 1:
         raise MaskRCNNError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.tile is not None and not 0 <= args.tile_overlap < args.tile:
         raise MaskRCNNError(f"--tile-overlap {args.tile_overlap}: must be >= 0 and smaller than --tile {args.tile}")
-    files = collect_images(args.inputs)
+    paths = check_inputs(args.inputs)
     out = ensure_output_dir(args.out)
     predictor = load(args.weights, config=args.config, device=args.device, fast=args.fast or None)
-    results: list[dict] = []
-    images: list[dict] = []
-    skipped: list[tuple[Path, str]] = []
-    names_used: set[str] = set()
-    batch: list[tuple[int, Path, np.ndarray]] = []
+    skips = _Skips()
     if args.jsonl:
         from ..inference.streaming import detect_to_jsonl
 
-        summary = detect_to_jsonl(predictor, files, out / "detections.jsonl", images_out=out / "images.jsonl",
-                                  batch_size=args.batch_size, score_threshold=args.score, skip_errors=True)
+        summary = detect_to_jsonl(predictor, paths, out / "detections.jsonl", images_out=out / "images.jsonl",
+                                  skipped_out=out / "skipped.jsonl", batch_size=args.batch_size,
+                                  score_threshold=args.score, skip_errors=True, on_skip=skips)
         print(f"{summary.images} images, {summary.detections} detections -> {out / 'detections.jsonl'}"
-              + (f"; skipped {summary.skipped} unreadable" if summary.skipped else ""))
-        return 0
+              + (f"; skipped {summary.skipped} unreadable (listed in {out / 'skipped.jsonl'})" if summary.skipped else ""))
+        return EXIT_ALL_UNREADABLE if summary.images == 0 and summary.skipped else 0
 
-    def flush() -> None:
-        # only images of one size share a batch: padding a batch to its largest image changes the
-        # others' detections, so results never depend on --batch-size or on the file order
-        if not batch:
-            return
-        dets = predictor.detect([a for _, _, a in batch], batch_size=len(batch), score_threshold=args.score)
-        for (image_id, path, arr), det in zip(batch, dets):
-            det.file_name = str(path)
-            images.append({"id": image_id, "file_name": str(path), "height": det.image_size[0],
-                           "width": det.image_size[1]})
+    bar = tqdm(unit="img", desc="detect (tiled)" if args.tile else "detect", file=sys.stderr)
+    skips.bar = bar
+    with bar:
+        detected = _detect_tiled(predictor, paths, args, skips) if args.tile else _detect(predictor, paths, args, skips)
+        images, results = [], []
+        for image_id, (name, det) in enumerate(detected, start=1):
+            images.append({"id": image_id, "file_name": name, "height": int(det.image_size[0]),
+                           "width": int(det.image_size[1])})
             results.extend(det.to_coco(image_id))
-            if not args.no_overlays:
-                stem = path.stem
-                name = stem
-                k = 1
-                while name in names_used:
-                    k += 1
-                    name = f"{stem}_{k}"
-                names_used.add(name)
-                atomic_write(out / f"{name}.png", partial(overlay(arr, det).save, format="PNG"))
+            bar.update(1)
             bar.set_postfix(dets=len(det))
-        batch.clear()
-
-    bar = tqdm(files, unit="img", desc="detect (tiled)" if args.tile else "detect")
-    for image_id, path in enumerate(bar, start=1):
-        if args.tile:
-            from ..inference.tiling import detect_tiled
-
-            try:
-                tiled = detect_tiled(predictor, path, tile_size=args.tile, overlap=args.tile_overlap,
-                                     batch_size=args.batch_size, score_threshold=args.score)
-            except MaskRCNNError as exc:
-                skipped.append((path, str(exc)))
-                bar.write(f"skipped {path}: {exc}")
-                continue
-            tiled.file_name = str(path)
-            images.append({"id": image_id, "file_name": str(path), "height": tiled.image_size[0],
-                           "width": tiled.image_size[1]})
-            results.extend(tiled.to_coco(image_id))
-            continue
-        try:
-            arr = predictor.to_array(read_image(path), str(path))
-        except MaskRCNNError as exc:
-            skipped.append((path, str(exc)))
-            bar.write(f"skipped {path}: {exc}")
-            continue
-        if batch and batch[0][2].shape[:2] != arr.shape[:2]:
-            flush()
-        batch.append((image_id, path, arr))
-        if len(batch) >= args.batch_size:
-            flush()
-    flush()
     atomic_write_json(out / "detections.json", results)
-    atomic_write_json(out / "images.json", {"images": images, "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(predictor.class_names) if i > 0]})
+    atomic_write_json(out / "images.json", {
+        "images": images, "annotations": [], "skipped": skips.items,
+        "categories": [{"id": i, "name": n} for i, n in enumerate(predictor.class_names) if i > 0]})
     print(f"{len(images)} images, {len(results)} detections (score >= {args.score}) -> {out / 'detections.json'}"
-          + (f"; skipped {len(skipped)} unreadable: {', '.join(str(p) for p, _ in skipped[:5])}" if skipped else ""))
-    return 0
+          + (f"; skipped {len(skips.items)} unreadable (listed above and in {out / 'images.json'})" if skips.items else ""))
+    return EXIT_ALL_UNREADABLE if not images and skips.items else 0
+
+
+def _detect(predictor: "Predictor", paths: list[Path], args: argparse.Namespace, skips: _Skips) -> Any:
+    """``(name, Detections)`` per readable input, writing each overlay (unless ``--no-overlays``)."""
+    from ..inference.streaming import stream_detect
+    from ..inference.visualize import overlay
+
+    names_used: set[str] = set()
+    for name, det, arr in stream_detect(predictor, paths, batch_size=args.batch_size, score_threshold=args.score,
+                                        skip_errors=True, on_skip=skips, return_images=True):
+        if not args.no_overlays:
+            atomic_write(Path(args.out) / f"{_unique_stem(name, names_used)}.png", partial(overlay(arr, det).save, format="PNG"))
+        del arr
+        yield name, det
+
+
+def _detect_tiled(predictor: "Predictor", paths: list[Path], args: argparse.Namespace, skips: _Skips) -> Any:
+    """``(name, TiledDetections)`` per readable input, detected tile by tile."""
+    from ..inference.streaming import iter_source
+    from ..inference.tiling import detect_tiled
+
+    for name, item in iter_source(paths, on_error=skips):
+        try:
+            tiled = detect_tiled(predictor, item, tile_size=args.tile, overlap=args.tile_overlap,
+                                 batch_size=args.batch_size, score_threshold=args.score)
+        except MaskRCNNError as exc:
+            skips(name, exc)
+            continue
+        tiled.file_name = name
+        yield name, tiled
+
+
+def _unique_stem(name: str, used: set[str]) -> str:
+    """An overlay file stem for input ``name`` ("dir/x.png" -> "x", a frame "clip.mp4:000012" ->
+    "clip.mp4_000012"), suffixed ``_2``, ``_3`` ... when an earlier input had the same one."""
+    base = Path(name).name
+    stem = base.replace(":", "_") if ":" in base else Path(base).stem
+    unique, k = stem, 1
+    while unique in used:
+        k += 1
+        unique = f"{stem}_{k}"
+    used.add(unique)
+    return unique

@@ -137,7 +137,7 @@ class Predictor:
         elif hasattr(image, "mode") and hasattr(image, "size"):  # PIL image
             from PIL import ImageOps
 
-            from ..data.images import _PIL_TO_RGB, _finish
+            from ..data.images import PIL_RGB_MODES as _PIL_TO_RGB, normalize_pixels as _finish
 
             # the same conversions as reading the file from disk (read_image), so a path and its
             # opened PIL image give the same array: palette/CMYK/YCbCr... -> RGB, 1-bit -> L,

@@ -107,7 +107,7 @@ class TileSource:
             self.nbytes = int(np.prod(array.shape)) * array.dtype.itemsize
 
     def read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-        from ..data.images import _PIL_TO_RGB, _finish
+        from ..data.images import PIL_RGB_MODES as _PIL_TO_RGB, normalize_pixels as _finish
 
         if self.pil is not None:
             im = self.pil.crop((x0, y0, x1, y1))
@@ -162,7 +162,7 @@ def open_tiled_image(image: Any, name: str | None = None) -> TileSource:
         return TileSource(array=image, kind="memmap" if isinstance(image, np.memmap) else "array",
                           name=name or "image")
     if hasattr(image, "mode") and hasattr(image, "size"):
-        from ..data.images import _EXIF_ORIENTATION
+        from ..data.images import EXIF_ORIENTATION_TAG as _EXIF_ORIENTATION
 
         orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
         if orientation != 1:
@@ -177,7 +177,8 @@ def open_tiled_image(image: Any, name: str | None = None) -> TileSource:
 def _open_path(path: Path) -> TileSource:
     from PIL import Image
 
-    from ..data.images import _TIFF_MAGIC, _check_file, _pil_orientation, _png_needs_16bit_decoder, read_image
+    from ..data.images import TIFF_MAGIC as _TIFF_MAGIC, check_image_file as _check_file, \
+        is_16bit_colour_png as _png_needs_16bit_decoder, pil_orientation as _pil_orientation, read_image
 
     _check_file(path)
     name = str(path)
@@ -206,7 +207,8 @@ def _memmap_tiff(path: Path) -> np.ndarray | None:
     memory map (a view, nothing read yet); None when the file cannot be mapped."""
     import tifffile
 
-    from ..data.images import _tiff_channel_axis, _tiff_orientation, _tiff_squeeze
+    from ..data.images import tiff_channel_axis as _tiff_channel_axis, tiff_orientation as _tiff_orientation, \
+        tiff_squeeze as _tiff_squeeze
 
     try:
         with tifffile.TiffFile(path) as tif:

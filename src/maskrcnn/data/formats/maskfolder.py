@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from ..images import IMAGE_EXTENSIONS, image_size, read_binary_mask, read_label_image
+from ..images import image_size, iter_image_files, read_binary_mask, read_label_image
 from ._base import AnnotationDataset
 
 __all__ = ["InstanceMaskDataset", "LabelImageDataset"]
@@ -42,7 +42,7 @@ _LABEL_EXTENSIONS = (".png", ".tif", ".tiff")
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
+    return list(iter_image_files(folder, recursive=False)) if folder.is_dir() else []
 
 
 class InstanceMaskDataset(AnnotationDataset):
@@ -179,7 +179,7 @@ class LabelImageDataset(AnnotationDataset):
         global_map = {int(k): str(v) for k, v in (class_map or {}).items()}  # types checked by load_dataset
         entries = []
         used_labels: set[Path] = set()
-        for img in sorted(p for p in idir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
+        for img in iter_image_files(idir):
             rel = img.relative_to(idir)
             base = ldir / rel.parent / (rel.stem + label_suffix)
             label = next((base.with_name(base.name + ext) for ext in _LABEL_EXTENSIONS if base.with_name(base.name + ext).is_file()), None)

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from ...errors import DataError
-from ..images import IMAGE_EXTENSIONS
+from ..images import iter_image_files
 from ._base import AnnotationDataset
 
 __all__ = ["YoloDataset", "read_yolo_names"]
@@ -66,7 +66,7 @@ class YoloDataset(AnnotationDataset):
         if not images_dir.is_dir():
             raise DataError(f"{images_dir}: not found; a YOLO dataset has images/ and labels/ folders"
                             + (f" (is split={split!r} right?)" if split else ""))
-        images = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        images = list(iter_image_files(images_dir))
 
         parsed = []
         max_class = -1
