@@ -160,9 +160,8 @@ def run_ours(config: Config, train_ds: Dataset, val_ds: Dataset, budget_s: float
     model = trainer.module
     model.eval()
     t0 = time.perf_counter()
-    with torch.no_grad():  # crop-trained: detect on whole images at the training scale (pad64), said explicitly
-        mode = "pad64" if config.image_resize_mode == "crop" else None
-        report = evaluate_model(Predictor(model, device="cpu", resize_mode=mode), val_ds, batch_size=2)
+    with torch.no_grad():  # crop-trained: detects per the config's inference_resize_mode (pad64)
+        report = evaluate_model(Predictor(model, device="cpu"), val_ds, batch_size=2)
     eval_s = time.perf_counter() - t0
     return _row(label, config, n_params, result.global_step, images, trainer.budget.step_times, train_s, eval_s, report,
                 len(train_ds.image_ids), load_before, load_after, last_loss)

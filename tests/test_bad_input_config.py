@@ -130,9 +130,9 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     # consistent pairs
     ({"image_min_dim": 800, "image_max_dim": 600}, "image_max_dim", "raise"),
     ({"rpn_bg_iou_threshold": 0.8, "rpn_fg_iou_threshold": 0.7}, "rpn_bg_iou_threshold", "lower"),
-    ({"image_resize_mode": "crop", "image_min_dim": 100}, "image_min_dim", "multiple of size_divisibility"),
+    ({"inference_resize_mode": "square", "image_resize_mode": "crop", "image_min_dim": 100}, "image_min_dim", "multiple of size_divisibility"),
     ({"image_resize_mode": "pad64", "image_min_dim": 800}, "image_min_dim", "divisible by 64"),
-    ({"image_resize_mode": "crop", "image_min_dim": 256, "aug_crop": [320, 320]}, "aug_crop", "up to 256"),
+    ({"inference_resize_mode": "square", "image_resize_mode": "crop", "image_min_dim": 256, "aug_crop": [320, 320]}, "aug_crop", "up to 256"),
     ({"num_classes": 3, "class_names": ["BG", "a"]}, "class_names", "one name per class"),
 ]
 
@@ -187,7 +187,7 @@ GOOD: list[dict[str, Any]] = [
     {"name": "my-run_2.v1+x"}, {"name": "Zellkerne_ü"}, {"name": "x" * 100}, {"image_channel_count": 1, "pixel_mean": [0.5], "pixel_std": [0.25]},
     {"backbone_width": 8, "fpn_channels": 8}, {"pixel_mean": [-1.0, 0.0, 2.0]}, {"aug_scale_jitter": [1.0, 1.0]},
     {"rpn_bg_iou_threshold": 0.7, "rpn_fg_iou_threshold": 0.7}, {"loss_weights": {**ZERO_LOSS, "mrcnn_mask": 1.0}},
-    {"image_resize_mode": "crop", "image_min_dim": 256, "aug_crop": [256, 256]}, {"image_resize_mode": "pad64", "image_min_dim": 512},
+    {"image_resize_mode": "crop", "inference_resize_mode": "pad64", "image_min_dim": 256, "aug_crop": [256, 256]}, {"image_resize_mode": "pad64", "image_min_dim": 512},
     {"lr_steps": [0.5, 0.5]}, {"lr_schedule": "cosine", "lr_steps": [0.9, 0.5]}, {"aug_brightness": 1}, {"rpn_nms_threshold": 1},
 ]
 

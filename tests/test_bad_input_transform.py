@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import maskrcnn
-from maskrcnn import ConfigError, DataError
+from maskrcnn import Config, ConfigError, DataError
 from maskrcnn.data.resize import MAX_RESIZED_SIDE
 from maskrcnn.inference.predictor import Predictor
 from maskrcnn.weights import save_checkpoint
@@ -73,33 +73,36 @@ def test_a_refused_image_names_itself_in_a_batch(predictors, tmp_path):
     assert_one_line_error(exc, bad.name, "image_resize_mode=pad64")
 
 
-def _crop_model():
-    return biased_model(image_resize_mode="crop", image_min_dim=64, image_max_dim=128)
+def _crop_model(inference_resize_mode: str = "pad64"):
+    return biased_model(image_resize_mode="crop", inference_resize_mode=inference_resize_mode,
+                        image_min_dim=64, image_max_dim=128)
 
 
-def test_crop_at_inference_is_refused_with_the_fix():
+def test_crop_without_an_inference_mode_is_a_config_error_with_the_fix():
     with pytest.raises(ConfigError) as exc:
-        Predictor(_crop_model(), device="cpu")
-    assert_one_line_error(exc, "image_resize_mode=crop", "training only", "pad64")
-    model = _crop_model()
+        Config(image_resize_mode="crop", image_min_dim=64)
+    assert_one_line_error(exc, "inference_resize_mode", "image_resize_mode=crop", "pad64")
     with pytest.raises(ConfigError) as exc:
-        model([torch.rand(3, 40, 50)])
-    assert_one_line_error(exc, "image_resize_mode=crop", "pad64")
-    # the fix: say pad64, and the crop-trained model detects at its training scale
-    (det,) = Predictor(model, device="cpu", resize_mode="pad64").detect(np.zeros((40, 50, 3), dtype=np.uint8))
+        Predictor(_crop_model(), device="cpu", resize_mode="crop")
+    assert_one_line_error(exc, "inference_resize_mode=crop", "training only", "pad64")
+
+
+def test_a_crop_trained_model_detects_with_its_inference_mode(tmp_path):
+    pad64, square = _crop_model("pad64"), _crop_model("square")
+    image = np.zeros((40, 50, 3), dtype=np.uint8)
+    assert pad64.transform.mode == "pad64" and square.transform.mode == "square"
+    (det,) = Predictor(pad64, device="cpu").detect(image)
     assert det.image_size == (40, 50)
-
-
-def test_crop_checkpoint_in_load_and_detect_cli(tmp_path):
-    model = _crop_model()
-    ckpt = save_checkpoint(model, model.config, tmp_path / "crop.safetensors")
-    with pytest.raises(ConfigError) as exc:
-        maskrcnn.load(ckpt, device="cpu")
-    assert_one_line_error(exc, "image_resize_mode", "pad64")
-    assert maskrcnn.load(ckpt, device="cpu", image_resize_mode="pad64").config.image_resize_mode == "pad64"
-    image = _image(tmp_path, (40, 50))
-    result = run_cli("detect", image, "--weights", ckpt, "--out", tmp_path / "out", "--device", "cpu")
-    assert_clean_error(result, "image_resize_mode=crop", "pad64")
+    # the model detects on whole images: 40x50 upscaled to the 64 px short side, then padded to 64
+    batch = pad64.preprocess([torch.zeros(3, 40, 50)])
+    assert batch.windows == [(0, 24, 64, 104)]  # Matterport centres the padding and tuple(batch.tensor.shape[-2:]) == (64, 128)
+    # a checkpoint carries the mode: load and the CLI detect without being told
+    ckpt = save_checkpoint(pad64, pad64.config, tmp_path / "crop.safetensors")
+    assert maskrcnn.load(ckpt, device="cpu").transform.mode == "pad64"
+    assert maskrcnn.load(ckpt, device="cpu", inference_resize_mode="square").transform.mode == "square"
+    result = run_cli("detect", _image(tmp_path, (40, 50)), "--weights", ckpt, "--out", tmp_path / "out",
+                     "--device", "cpu", "--no-overlays")
+    assert result.code == 0, result.err
 
 
 def test_a_folder_run_reports_and_skips_the_refused_image(predictors, tmp_path):
@@ -127,7 +130,8 @@ def test_training_samples_of_extreme_sizes(mode, size):
     masks = np.zeros((h, w, 1), dtype=bool)
     masks[:, : max(1, w // 2), 0] = True
     ds = MemDataset([{"image": np.full((h, w, 3), 128, np.uint8), "masks": masks, "ids": np.array([1])}])
-    cfg = Config(num_classes=4, image_resize_mode=mode, image_min_dim=64, image_max_dim=128)
+    cfg = Config(num_classes=4, image_resize_mode=mode, image_min_dim=64, image_max_dim=128,
+                 inference_resize_mode="pad64" if mode == "crop" else None)
     item = TrainingDataset(ds, cfg, train=False)[0]
     if mode in ("pad64", "crop"):  # the short side scaled up to 64 without a cap: 64 x 128000 or 192000 x 64
         assert isinstance(item, SkippedSample) and item.reference.endswith("img0")

@@ -229,7 +229,7 @@ def test_small_objects_suggests_anchor_scales(tmp_path: Path) -> None:
 def test_square_and_crop_specifics(tmp_path: Path, mode: str, dims: tuple[int, int], expected: str) -> None:
     ds = _clean(tmp_path, n=2)
     report = check_dataset(ds, Config.create(num_classes=3, image_resize_mode=mode, image_min_dim=dims[0],
-                                             image_max_dim=dims[1]))
+                                             image_max_dim=dims[1], inference_resize_mode="square"))
     assert expected in report.of_kind("resize")[0].message
 
 

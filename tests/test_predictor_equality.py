@@ -27,7 +27,7 @@ REFERENCE = Path(__file__).parent / "data" / "predictor_reference.npz"
 EPS = 1e-4
 
 #: case name -> (config overrides, detect kwargs). "crop" is the reference of a crop-trained
-#: model, which the old predictor silently ran as pad64; the new one runs it with pad64 explicitly.
+#: model, which the old predictor silently ran as pad64; now its config says inference_resize_mode: pad64.
 CASES: dict[str, tuple[dict, dict]] = {
     "minmax": ({}, {}),
     "minmax-score": ({}, {"score_threshold": 0.62}),
@@ -38,7 +38,7 @@ CASES: dict[str, tuple[dict, dict]] = {
     "pad64": ({"image_resize_mode": "pad64", "image_max_dim": 128}, {}),
     "pad64-per-image-score": ({"image_resize_mode": "pad64", "image_max_dim": 128, "image_min_scale": 1.5,
                                "image_normalization": "per_image"}, {"score_threshold": 0.545}),
-    "crop": ({"image_resize_mode": "crop", "image_max_dim": 128}, {}),
+    "crop": ({"image_resize_mode": "crop", "inference_resize_mode": "pad64", "image_max_dim": 128}, {}),
 }
 
 
@@ -51,8 +51,6 @@ def _predictor(name: str):
 
     overrides, _ = CASES[name]
     model = biased_model(**overrides)
-    if name == "crop":  # crop at inference is refused since the transform moved into the model: say pad64
-        return Predictor(model, device="cpu", resize_mode="pad64")
     return Predictor(model, device="cpu")
 
 

@@ -65,9 +65,11 @@ def test_crop_geometry_and_refusal_at_inference():
     fwd = info.boxes_to_resized(np.array([BOX]))
     np.testing.assert_allclose(fwd, [[12 - x, 18 - y, 60 - x, 72 - y]], atol=1e-5)
     np.testing.assert_allclose(info.boxes_to_original(fwd, clip=False), [BOX], atol=1e-5)
-    transform = InputTransform(_config("crop", image_min_dim=64, image_max_dim=96))
-    with pytest.raises(ConfigError, match="image_resize_mode=crop .*pad64"):
-        transform([torch.rand(3, 90, 120)])
+    with pytest.raises(ConfigError, match="inference_resize_mode: required with image_resize_mode=crop.*pad64"):
+        _config("crop", image_min_dim=64, image_max_dim=96)
+    transform = InputTransform(_config("crop", image_min_dim=64, image_max_dim=96, inference_resize_mode="pad64"))
+    info = transform.plan(90, 120)  # pad64 only upscales, then pads to multiples of 64
+    assert (info.image_size, info.window) == ((128, 128), (0, 0, 90, 120))
 
 
 def test_boxes_in_padding_are_clipped_to_the_image():

@@ -112,6 +112,7 @@ class Config(BaseModel):
     image_normalization: Literal["fixed", "per_image"] = _f("fixed", "fixed: (x - pixel_mean) / pixel_std; per_image: each image standardised by its own per-channel mean and std (stains, exposure and bit depths that vary between images).")
     invert_bright_images: bool = _f(False, "Invert (1 - x) images whose mean intensity is above 0.5, so objects are always bright on a dark background (brightfield or stained histology mixed with fluorescence).")
     image_resize_mode: ResizeMode = _f("minmax", "minmax (torchvision: short side to image_min_dim, long side <= image_max_dim, pad to size_divisibility) or Matterport's none/square/pad64/crop.")
+    inference_resize_mode: Literal["minmax", "none", "square", "pad64"] | None = _f(None, "Resize mode to detect, evaluate, validate and export with; null: image_resize_mode. Required with image_resize_mode=crop (training on random crops), e.g. pad64: the training scale on whole images (Matterport's nucleus inference config).")
     image_min_dim: int = _f(800, "Target short side (minmax), minimum short side (square/pad64) or crop size (crop).", "px", ge=16, le=32768)
     image_max_dim: int = _f(1333, "Maximum long side (minmax, square).", "px", ge=16, le=32768)
     image_min_scale: float = _f(0.0, "Minimum upscaling factor (Matterport IMAGE_MIN_SCALE); 0 disables.", ge=0)
@@ -217,6 +218,12 @@ class Config(BaseModel):
     def mask_shape(self) -> int:
         """Side of predicted masks (twice ``mask_pool_size``)."""
         return 2 * self.mask_pool_size
+
+    @property
+    def detect_resize_mode(self) -> str:
+        """The resize mode of detection, evaluation and export: ``inference_resize_mode``, else
+        ``image_resize_mode`` (never ``crop``: validation requires ``inference_resize_mode`` then)."""
+        return self.inference_resize_mode or self.image_resize_mode
 
     def layer_regex(self) -> str:
         """The regular expression of trainable parameter names that ``layers`` denotes."""
@@ -502,6 +509,11 @@ def _first_error(c: Config) -> str | None:
     if c.image_resize_mode == "crop" and c.image_min_dim % c.size_divisibility:
         return (f"image_min_dim={c.image_min_dim} with crop: must be a multiple of size_divisibility={c.size_divisibility} "
                 f"(e.g. {max(c.size_divisibility, round(c.image_min_dim / c.size_divisibility) * c.size_divisibility)})")
+    if c.inference_resize_mode == "pad64" and c.image_min_dim % 64:
+        return (f"image_min_dim={c.image_min_dim} with inference_resize_mode=pad64: must be divisible by 64 "
+                f"(e.g. {max(64, round(c.image_min_dim / 64) * 64)})")
+    if c.inference_resize_mode in ("minmax", "square") and c.image_max_dim < c.image_min_dim:
+        return f"image_max_dim={c.image_max_dim} is below image_min_dim={c.image_min_dim}; raise image_max_dim"
     if c.rpn_bg_iou_threshold > c.rpn_fg_iou_threshold:
         return (f"rpn_bg_iou_threshold={c.rpn_bg_iou_threshold} exceeds rpn_fg_iou_threshold={c.rpn_fg_iou_threshold}; "
                 "lower it (e.g. 0.3 and 0.7)")
@@ -534,6 +546,9 @@ def _first_error(c: Config) -> str | None:
                     f"image_resize_mode={c.image_resize_mode}), so it would never crop; use sides up to {largest} or null")
     if c.aug_scale_jitter is not None and (len(c.aug_scale_jitter) != 2 or not c.aug_scale_jitter[0] <= c.aug_scale_jitter[1]):
         return "aug_scale_jitter: [lo, hi] with 0 < lo <= hi, e.g. [0.8, 1.25], or null"
+    if c.image_resize_mode == "crop" and c.inference_resize_mode is None:
+        return ("inference_resize_mode: required with image_resize_mode=crop (random crops are for training only); "
+                "set inference_resize_mode: pad64 (the training scale on whole images) or square")
     return None
 
 

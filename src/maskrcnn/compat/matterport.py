@@ -23,6 +23,7 @@ Settings with no equivalent here are not dropped silently: they are listed in no
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -123,9 +124,16 @@ def convert_matterport(obj: Any) -> tuple[dict[str, Any], list[str]]:
         if src in attrs and attrs[src] is not None:
             values[dst] = _plain(attrs[src])
     if attrs.get("NAME"):
-        values["name"] = str(attrs["NAME"])
+        name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(attrs["NAME"])).strip("._")[:100] or "matterport"
+        values["name"] = name
+        if name != str(attrs["NAME"]):
+            notes.append(f"NAME={attrs['NAME']!r}: names the run folder here; written as {name!r}")
     if "BACKBONE" in attrs:
         _backbone(attrs["BACKBONE"], values, notes)
+    if values.get("image_resize_mode") == "crop":
+        values.setdefault("inference_resize_mode", "pad64")
+        notes.append("IMAGE_RESIZE_MODE='crop': detection and validation use inference_resize_mode='pad64' "
+                     "(Matterport's nucleus inference config); set inference_resize_mode to change it")
     if "IMAGE_MIN_SCALE" in values:
         values["image_min_scale"] = float(values["image_min_scale"] or 0.0)
 

@@ -44,10 +44,7 @@ def mask_ap_evaluator(dataset: Any, max_images: int | None = None, batch_size: i
 
 
 def _validation_predictor(model: nn.Module) -> Any:
-    """The predictor that validates ``model``: a ``crop``-trained model (which cannot detect in its
-    training mode) is validated on whole images at its training scale (``pad64``), as Matterport's
-    nucleus sample does; ``maskrcnn detect`` and ``evaluate`` ask the user to choose instead."""
+    """The predictor that validates ``model`` (resizing per its ``Config.detect_resize_mode``)."""
     from ..inference.predictor import Predictor
 
-    crop = getattr(getattr(model, "config", None), "image_resize_mode", None) == "crop"
-    return Predictor(model, device=next(model.parameters()).device, resize_mode="pad64" if crop else None)
+    return Predictor(model, device=next(model.parameters()).device)

@@ -77,10 +77,9 @@ class Predictor:
     default).
 
     Images go through the model's input transform (``model.transform``: normalise, resize per
-    ``Config.image_resize_mode``, pad, and boxes back to original pixels). ``resize_mode`` detects
-    with another mode than the model's config says: a ``crop``-trained model needs one
-    (``"pad64"``: its training scale on the whole image), as ``crop`` itself is refused with a
-    :class:`~maskrcnn.config.ConfigError`.
+    ``Config.detect_resize_mode``, pad, and boxes back to original pixels). ``resize_mode``
+    detects with another mode than the model's config says (it sets ``inference_resize_mode``;
+    ``crop`` is refused with a :class:`~maskrcnn.config.ConfigError`).
     """
 
     def __init__(self, model: MaskRCNN, device: str | torch.device = "cpu", *, resize_mode: str | None = None) -> None:
@@ -96,9 +95,10 @@ class Predictor:
 
             self.model = copy.deepcopy(self.model)
             fold_batchnorm(self.model)
+        if resize_mode is not None:
+            check_inference_mode(resize_mode)
         self.config: Config = (model.config if resize_mode is None
-                               else model.config.replace(image_resize_mode=resize_mode))
-        check_inference_mode(self.config.image_resize_mode)
+                               else model.config.replace(inference_resize_mode=resize_mode))
         self.transform = (self.model.transform if resize_mode is None
                           else InputTransform(self.config).to(self.device))
         c = self.config

@@ -41,22 +41,24 @@ __all__ = ["InputTransform", "check_inference_mode", "normalize", "normalize_inp
 
 
 def check_inference_mode(mode: str) -> None:
-    """Raise :class:`~maskrcnn.config.ConfigError` when ``image_resize_mode`` cannot be used to detect.
+    """Raise :class:`~maskrcnn.config.ConfigError` when ``mode`` cannot be used to detect.
 
     ``crop`` takes random crops of the training images; detection needs the whole image, and a
-    crop-trained model detects at its training scale with ``pad64`` (Matterport's inference
-    configuration of its nucleus sample). That choice is the user's to state, never made silently.
+    crop-trained model detects with ``Config.inference_resize_mode`` (``pad64``: its training
+    scale, as Matterport's nucleus inference configuration does). That choice is stated in the
+    config (validation requires it with ``crop``), never made silently.
     """
     if mode == "crop":
-        raise ConfigError("image_resize_mode=crop is for training only (random crops); to detect or evaluate, set "
-                          "image_resize_mode: pad64 (the training scale, whole image) in the config, e.g. "
-                          "maskrcnn.load(weights, image_resize_mode='pad64') or Predictor(model, resize_mode='pad64')")
+        raise ConfigError("inference_resize_mode=crop: random crops are for training only; to detect or evaluate, "
+                          "set inference_resize_mode: pad64 (the training scale on whole images) or square, e.g. "
+                          "maskrcnn.load(weights, inference_resize_mode='pad64')")
 
 
 class InputTransform(nn.Module):
     """Normalise, resize, pad and batch images for the network; map results back (see the module doc).
 
-    Built from a :class:`~maskrcnn.config.Config`: ``image_resize_mode``, ``image_min_dim``,
+    Built from a :class:`~maskrcnn.config.Config`: ``detect_resize_mode`` (``inference_resize_mode``,
+    else ``image_resize_mode``; training images come resized by the data pipeline), ``image_min_dim``,
     ``image_max_dim``, ``image_min_scale``, ``size_divisibility``, ``image_channel_count``,
     ``pixel_mean``/``pixel_std``, ``image_normalization``, ``invert_bright_images``.
     """
@@ -64,7 +66,7 @@ class InputTransform(nn.Module):
     def __init__(self, config: Config) -> None:
         super().__init__()
         c = config
-        self.mode = c.image_resize_mode
+        self.mode = c.detect_resize_mode
         self.min_dim, self.max_dim, self.min_scale = c.image_min_dim, c.image_max_dim, c.image_min_scale
         self.size_divisibility = c.size_divisibility
         self.channels = c.image_channel_count
