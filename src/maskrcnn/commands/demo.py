@@ -180,7 +180,7 @@ def train_demo(model: Any, config: Any, samples: list, out: Path, settings: Demo
             self.cpu_seconds = time.process_time() - self.cpu0
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").write_text("")  # the records of this run only
+    atomic_write_text(out / "metrics.jsonl", "")  # the records of this run only
     tuning = ThreadTuning() if settings.threads is None else None
     if tuning is None:
         torch.set_num_threads(settings.threads)
@@ -256,6 +256,22 @@ def write_overlays(dataset: Any, dets: list[Any], out_dir: Path, count: int, min
 # ------------------------------------------------------------------------------------- the demo
 
 
+def _metrics(report: dict[str, Any], stats: dict[str, Any], settings: DemoSettings, config: Any, n_params: int,
+             train_images: int, val_images: int) -> dict[str, Any]:
+    """The headline numbers, training figures and settings of ``metrics.json``."""
+    segm, bbox = report["coco"]["segm"], report["coco"]["bbox"]
+    return {
+        "mask_ap50": float(segm["AP50"]), "voc_map50": float(report["voc_map50"]), "mask_ap": float(segm["AP"]),
+        "mask_ap75": float(segm["AP75"]), "box_ap50": float(bbox["AP50"]), "box_ap": float(bbox["AP"]),
+        "per_class_mask_ap": segm.get("per_class_AP"), "val_images": val_images, "train_images": train_images,
+        "steps": stats["steps"], "epochs": round(stats["epochs"], 2), "stopped_by": stats["stopped_by"],
+        "first_loss": stats["first_loss"], "last_loss": stats["last_loss"], "train_seconds": round(stats["seconds"], 1),
+        "seconds_per_step": round(stats["seconds_per_step"], 3), "cpu_count": os.cpu_count(), "threads": stats["threads"],
+        "train_cpu_seconds": round(stats["cpu_seconds"], 1), "thread_checks": stats["thread_checks"],
+        "seed": config.seed, "settings": dict(asdict(settings)), "parameters": n_params,
+    }
+
+
 def run_demo(settings: DemoSettings, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Data, training, evaluation and outputs; returns ``{"metrics", "report", "overlays", "stats", ...}``."""
     import torch
@@ -305,39 +321,15 @@ def run_demo(settings: DemoSettings, out: Path, log: Callable[[str], None] = pri
     dets = Predictor(model, device="cpu").detect([val_ds.load_image(i) for i in shown], batch_size=10)
     overlays = write_overlays(val_ds, dets, out / "overlays", settings.overlays)
     curves = out / "loss_curves.png"
-    segm, bbox = report["coco"]["segm"], report["coco"]["bbox"]
-    metrics = {
-        "mask_ap50": float(segm["AP50"]),
-        "voc_map50": float(report["voc_map50"]),
-        "mask_ap": float(segm["AP"]),
-        "mask_ap75": float(segm["AP75"]),
-        "box_ap50": float(bbox["AP50"]),
-        "box_ap": float(bbox["AP"]),
-        "per_class_mask_ap": segm.get("per_class_AP"),
-        "val_images": len(val_ds.image_ids),
-        "train_images": len(samples),
-        "steps": stats["steps"],
-        "epochs": round(stats["epochs"], 2),
-        "stopped_by": stats["stopped_by"],
-        "first_loss": stats["first_loss"],
-        "last_loss": stats["last_loss"],
-        "train_seconds": round(stats["seconds"], 1),
-        "seconds_per_step": round(stats["seconds_per_step"], 3),
-        "data_seconds": round(data_s, 1),
-        "eval_seconds": round(eval_s, 1),
+    metrics = _metrics(report, stats, settings, config, n_params, len(samples), len(val_ds.image_ids))
+    metrics.update({
+        "data_seconds": round(data_s, 1), "eval_seconds": round(eval_s, 1),
         "total_seconds": round(time.perf_counter() - t_start, 1),
         "loadavg_before_training": [round(x, 2) for x in load_before],
         "loadavg_after_training": [round(x, 2) for x in load_after],
-        "cpu_count": os.cpu_count(),
-        "threads": stats["threads"],
-        "train_cpu_seconds": round(stats["cpu_seconds"], 1),
-        "thread_checks": stats["thread_checks"],
-        "seed": config.seed,
-        "settings": {k: v for k, v in asdict(settings).items()},
-        "parameters": n_params,
         "outputs": {"checkpoint": str(ckpt), "loss_curves": str(curves) if curves.is_file() else None,
                     "overlays": [str(p) for p in overlays], "report": str(out / "report.json")},
-    }
+    })
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     return {"metrics": metrics, "report": report, "overlays": overlays, "stats": stats, "model": model,
             "config": config, "val_dataset": val_ds, "detections": dets}

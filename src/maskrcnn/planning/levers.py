@@ -95,8 +95,6 @@ def _round_to(x: float, m: int, lo: int | None = None) -> int:
 def lever_settings(config: Config, device: str = "cpu", instances: int | None = None,
                    image_size: tuple[int, int] | None = None) -> dict[str, list[Setting]]:
     """The settings of every lever applicable to ``config``, each list ordered by growing saving and cost."""
-    from ..data.resize import compute_scale
-
     c = config
     out: dict[str, list[Setting]] = {}
     if not c.gradient_checkpointing:
@@ -145,7 +143,16 @@ def lever_settings(config: Config, device: str = "cpu", instances: int | None = 
                                         costs[lay] - costs.get(c.layers, 0.0),
                                         f"~{costs[lay] - costs.get(c.layers, 0.0):g} AP (pretrained weights)")
                                 for i, lay in enumerate(order[start + 1:], start=1)]
-    h, w = image_size or source_size(c)
+    out.update(_image_levers(c, image_size or source_size(c)))
+    return out
+
+
+def _image_levers(c: Config, size: tuple[int, int]) -> dict[str, list[Setting]]:
+    """The crop and image-size levers of ``c`` for source images of ``size`` (H, W)."""
+    from ..data.resize import compute_scale
+
+    out: dict[str, list[Setting]] = {}
+    h, w = size
     mode = c.image_resize_mode
     if mode != "crop" and c.aug_crop is None:
         _, (sh, sw) = compute_scale(h, w, mode, c.image_min_dim, c.image_max_dim, c.image_min_scale)
