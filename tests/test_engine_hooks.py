@@ -18,7 +18,6 @@ from test_engine import StubSamples, make_model, read_jsonl, run_stub, tiny_conf
 from maskrcnn.engine import HookBase, TrainStep  # noqa: E402
 from maskrcnn.engine.loader import Batch  # noqa: E402
 from maskrcnn.engine.optim import set_train_mode  # noqa: E402
-from maskrcnn.engine.step import loss_terms  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -115,12 +114,3 @@ def test_the_step_accumulates_batches_into_the_gradient_of_their_union() -> None
     assert len(whole) == len(halves) > 10
     for a, b in zip(whole, halves):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-
-
-def test_transition_old_unweighted_loss_keys_are_weighted_by_the_config() -> None:
-    # TRANSITION: delete with the legacy branch of engine.step.loss_terms once the heads return loss_* terms
-    weights = {"rpn_class": 2.0, "mrcnn_mask": 0.5}
-    got = loss_terms({"rpn_class": torch.tensor(1.5), "mrcnn_mask": torch.tensor(4.0)}, weights)
-    assert {k: float(v) for k, v in got.items()} == {"loss_rpn_class": 3.0, "loss_mrcnn_mask": 2.0}
-    new = loss_terms({"loss_rpn_class": torch.tensor(1.5)}, weights)  # already weighted: taken as is
-    assert {k: float(v) for k, v in new.items()} == {"loss_rpn_class": 1.5}

@@ -35,7 +35,7 @@ from maskrcnn.planning import (
     static_bytes,
     trainable_bytes,
 )
-from maskrcnn.planning.levers import cpu_has_fast_bf16, mini_masks_reach_the_model
+from maskrcnn.planning.levers import cpu_has_fast_bf16
 from maskrcnn.planning.measure import synthetic_batches
 
 TINY = dict(backbone="resnet18", backbone_width=16, fpn_channels=32, num_classes=4, image_min_dim=320, image_max_dim=448,
@@ -283,28 +283,24 @@ def test_levers_cover_the_config_fields_and_sizes_parse() -> None:
     assert math.isclose(parse_bytes(format_bytes(3 * 1024 ** 3).replace(" ", "")), 3 * 1024 ** 3)
 
 
-def test_mini_mask_check_follows_the_data_to_model_contract(monkeypatch: pytest.MonkeyPatch) -> None:
-    from maskrcnn.data.pipeline import TrainingDataset
-
-    load = TrainingDataset.load
-
-    def fixed(self, index, epoch=None):  # noqa: ANN001, ANN202 - the contract as roi_heads reads it
-        image, target = load(self, index, epoch)
-        if self.config.use_mini_mask:
-            target["mini_masks"] = target["masks"]
-        return image, target
-
-    monkeypatch.setattr(TrainingDataset, "load", fixed)
-    assert mini_masks_reach_the_model()
-    monkeypatch.setattr(TrainingDataset, "load", load)
-    if not mini_masks_reach_the_model():  # this build: the lever is left out, and the plan says why
-        plan = plan_memory(Config.create(**TINY), 1, headroom=0.0, levers=["mini_masks"], measure=_fake_measure)
-        assert "mini_masks" not in plan.settings and "mini-masks left out" in plan.table()
-
-
 def test_cli_lever_names_match_the_planner() -> None:
     from maskrcnn.commands.plan import LEVER_NAMES
 
     from maskrcnn.planning import LEVER_KEYS
 
     assert LEVER_NAMES == LEVER_KEYS
+
+
+def test_bf16_detection_says_no_when_it_cannot_tell(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from maskrcnn.planning import levers
+
+    def fail(*a):  # noqa: ANN002, ANN202
+        raise RuntimeError("no such op")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", fail)
+    monkeypatch.setattr(levers.Path, "read_text", lambda self: (_ for _ in ()).throw(OSError("no /proc")))
+    assert cpu_has_fast_bf16() is False
+    monkeypatch.setattr(levers.Path, "read_text", lambda self: "flags: fpu avx2 amx_bf16 avx512_bf16")
+    assert cpu_has_fast_bf16() is True

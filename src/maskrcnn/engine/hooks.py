@@ -318,7 +318,7 @@ class ValidationHook(HookBase):
         loader = build_loader(t.val_ds, t.val_collate, sampler, c.images_per_gpu, c.num_workers, c.seed,
                               pin_memory=t.device.type == "cuda")
         record: dict[str, Any] = {"type": "val", "epoch": t.current_epoch + 1, "step": t.global_step}
-        losses = validation_losses(t.module, loader, t.device, seed=c.seed, amp_dtype=t.amp_dtype, loss_weights=c.loss_weights)
+        losses = validation_losses(t.module, loader, t.device, seed=c.seed, amp_dtype=t.amp_dtype)
         record[TOTAL] = losses.pop(TOTAL)
         record.update(losses)
         if t.evaluate_fn is not None:

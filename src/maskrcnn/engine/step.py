@@ -65,18 +65,10 @@ class StepOutput:
     stop: bool = False
 
 
-def loss_terms(losses: Mapping[str, torch.Tensor], loss_weights: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
-    """The terms the step sums: the model's loss dict, as fp32 tensors.
-
-    TRANSITION (remove when h-model's weighted ``loss_*`` heads are on main): a model that still
-    returns the old unweighted keys (``rpn_class``, ... the keys of ``Config.loss_weights``) has
-    them weighted here and renamed ``loss_<key>``, so logs and checks see the new contract.
-    """
+def loss_terms(losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The terms the step sums: the model's loss dict (already weighted by its heads), as fp32 tensors."""
     if not losses:
         raise MaskRCNNError("the model returned no losses in train mode; it must return a dict of loss_* tensors")
-    legacy = loss_weights is not None and all(k in loss_weights and not k.startswith("loss_") for k in losses)
-    if legacy:  # TRANSITION: delete this branch with the loss_weights argument
-        return {f"loss_{k}": v.float() * float(loss_weights[k]) for k, v in losses.items()}  # type: ignore[index]
     return {k: v.float() for k, v in losses.items()}
 
 
@@ -100,7 +92,6 @@ class TrainStep:
         amp_dtype: autocast dtype, or None (fp32).
         scaler: the grad scaler (fp16); None or disabled: plain backward.
         clip_norm: maximum global gradient norm (None: measured, not clipped).
-        loss_weights: TRANSITION only (see :func:`loss_terms`).
         oom_split: the run's :class:`MicroBatchSplit`: out-of-memory errors split the passes and
             retry the step (:func:`.oom.run_with_oom_fallback`); None: the error propagates (the
             planner measures it).
@@ -119,7 +110,6 @@ class TrainStep:
         amp_dtype: torch.dtype | None = None,
         scaler: torch.amp.GradScaler | None = None,
         clip_norm: float | None = None,
-        loss_weights: Mapping[str, float] | None = None,
         oom_split: MicroBatchSplit | None = None,
         on_oom_split: Callable[[int, int, str], None] | None = None,
         check: LossCheck | None = None,
@@ -132,7 +122,6 @@ class TrainStep:
         self.amp_dtype = amp_dtype
         self.scaler = scaler if scaler is not None else torch.amp.GradScaler(self.device.type, enabled=False)
         self.clip_norm = clip_norm
-        self.loss_weights = loss_weights
         self.oom_split = oom_split
         self.on_oom_split = on_oom_split
         self.check = check or _default_check
@@ -189,7 +178,7 @@ class TrainStep:
                 for part_images, part_targets, share in split_batch(batch.images, batch.targets, size):
                     part = move_to_device(Batch(part_images, part_targets, batch.skipped), self.device)
                     with self._autocast():
-                        terms = loss_terms(self.model(part.images, part.targets), self.loss_weights)
+                        terms = loss_terms(self.model(part.images, part.targets))
                     total = sum_losses(terms)
                     keys = list(terms) + [TOTAL]
                     flag = torch.tensor([1.0 if self.stop_requested() else 0.0], device=self.device)

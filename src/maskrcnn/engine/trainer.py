@@ -204,7 +204,7 @@ class Trainer:
             run_state.restore(self)
         self.model = du.wrap_model(self.module, self.dist, self.find_unused_parameters)
         self.step = TrainStep(self.model, self.optimizer, self.device, params=self.params, amp_dtype=self.amp_dtype,
-                              scaler=self.scaler, clip_norm=c.gradient_clip_norm, loss_weights=c.loss_weights,
+                              scaler=self.scaler, clip_norm=c.gradient_clip_norm,
                               oom_split=self.split, on_oom_split=self._log_split, check=self._check,
                               stop_requested=lambda: any(s() for s in self._stop_sources))
 

@@ -25,7 +25,7 @@ __all__ = ["validation_losses", "better_result"]
 
 
 def validation_losses(module: nn.Module, loader: Iterable, device: torch.device, *, seed: int,
-                      amp_dtype: torch.dtype | None = None, loss_weights: Mapping[str, float] | None = None) -> dict[str, float]:
+                      amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Mean of every loss term and of their sum (``"loss"``) per validation image, over all ranks.
 
     ``module`` is left in train mode with frozen BatchNorm; the caller restores its own mode.
@@ -43,7 +43,7 @@ def validation_losses(module: nn.Module, loader: Iterable, device: torch.device,
                 continue
             batch = move_to_device(batch, device)
             with autocast():
-                terms = loss_terms(module(batch.images, batch.targets), loss_weights)
+                terms = loss_terms(module(batch.images, batch.targets))
             n = len(batch.images)
             terms[TOTAL] = sum_losses(terms)
             for k, v in terms.items():

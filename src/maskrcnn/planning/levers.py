@@ -13,13 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..config import Config
 from .measure import source_size
 
 __all__ = ["Setting", "Lever", "LEVERS", "LEVER_KEYS", "State", "lever_settings", "apply_state", "state_cost",
-           "state_key", "state_label", "short_label", "time_penalty", "mini_masks_reach_the_model", "cpu_has_fast_bf16"]
+           "state_key", "state_label", "short_label", "time_penalty", "cpu_has_fast_bf16"]
 
 
 #: Accuracy cost unit: rough loss of mask AP points on COCO-like data, from the literature and common
@@ -190,34 +188,10 @@ def _image_levers(c: Config, size: tuple[int, int]) -> dict[str, list[Setting]]:
     return out
 
 
-def mini_masks_reach_the_model() -> bool:
-    """Whether ``use_mini_mask`` trains correct mask targets in this build: one square instance
-    through the training pipeline with mini-masks, then the RoI heads' target of its own box must
-    be the square (all ones). (It is not when the pipeline and the model disagree on where the
-    mini-masks are: the model then reads them as full-image masks.)"""
-    try:
-        import torch
-
-        from ..data.pipeline import TrainingDataset
-        from ..data.synthetic import SyntheticInstances
-        from ..modeling.roi_heads import RoIHeads
-
-        ds = SyntheticInstances(1, 64, 64, 1, 2)
-        # a 16 px square at (4, 4): read as a full-image mask, the 8x8 mini-mask covers only part of it
-        # (a square farther from the origin would give an empty crop, which crashes RoIAlign)
-        ds.load_mask = lambda i: (np.pad(np.ones((16, 16, 1), bool), ((4, 44), (4, 44), (0, 0))),  # type: ignore[method-assign]
-                                  np.ones(1, np.int32))
-        cfg = Config(num_classes=2, image_resize_mode="none", image_min_dim=64, use_mini_mask=True, mini_mask_shape=[8, 8])
-        _, target = TrainingDataset(ds, cfg, train=False, skip_errors=False)[0]
-        out = RoIHeads.mask_targets(None, target["boxes"].float(), torch.zeros(1, dtype=torch.int64), target, 28)  # type: ignore[arg-type]
-        return bool(out.mean() > 0.9)
-    except Exception:  # noqa: BLE001 - a changed internal API: do not block the lever
-        return True
-
-
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU runs bf16 convolutions natively (AVX512-BF16 / AMX); without, bf16 autocast
-    is emulated and several times slower than fp32 (measured 8x on an AVX2 machine)."""
+    is emulated and several times slower than fp32 (measured 8x on an AVX2 machine). False when it
+    cannot be told (the amp lever is then left out, with a note, rather than offered blindly)."""
     try:
         import torch
 
@@ -226,7 +200,7 @@ def cpu_has_fast_bf16() -> bool:
         try:
             flags = Path("/proc/cpuinfo").read_text()
         except OSError:
-            return True
+            return False
         return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

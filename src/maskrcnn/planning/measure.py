@@ -385,7 +385,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(model, config)
     step = TrainStep(model, optimizer, device, params=params, amp_dtype=amp_dtype, clip_norm=config.gradient_clip_norm,
-                     scaler=torch.amp.GradScaler(device.type, enabled=use_scaler), loss_weights=config.loss_weights)
+                     scaler=torch.amp.GradScaler(device.type, enabled=use_scaler))
     model_bytes = _allocated(device, base)
     _create_optimizer_state(optimizer, params)
     if not cuda:

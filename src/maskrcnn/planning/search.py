@@ -23,7 +23,6 @@ from .levers import (
     apply_state,
     cpu_has_fast_bf16,
     lever_settings,
-    mini_masks_reach_the_model,
     short_label,
     state_cost,
     state_key,
@@ -134,13 +133,10 @@ def _usable_settings(config: Config, device: str, instances: int, size: tuple[in
             raise ConfigError(f"--levers {unknown[0]!r}: unknown lever; choose from {', '.join(LEVER_KEYS)}")
         settings = {k: v for k, v in settings.items() if k in levers}
     notes: list[str] = []
-    if "mini_masks" in settings and not mini_masks_reach_the_model():
-        del settings["mini_masks"]
-        notes.append("mini-masks left out: with use_mini_mask=true this build trains wrong mask targets (the data "
-                     "pipeline stores mini-masks under 'masks', the model reads them from 'mini_masks')")
     if "amp" in settings and not device.startswith("cuda") and not cpu_has_fast_bf16():
         del settings["amp"]
-        notes.append("amp left out: this CPU has no bf16 instructions (bf16 autocast is emulated, several times slower)")
+        notes.append("amp left out: this CPU has no bf16 instructions, or they could not be detected (bf16 autocast "
+                     "is emulated, several times slower)")
     for key, options in list(settings.items()):  # drop settings that make an invalid config
         valid = []
         for opt in options:
