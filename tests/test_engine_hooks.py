@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_engine import StubSamples, make_model, read_jsonl, run_stub, tiny_config  # noqa: E402
 
 from maskrcnn.engine import HookBase, TrainStep  # noqa: E402
-from maskrcnn.engine.loader import Batch  # noqa: E402
+from maskrcnn.structures import Batch  # noqa: E402
 from maskrcnn.engine.optim import set_train_mode  # noqa: E402
 
 torch.set_num_threads(1)

@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 from ..errors import MaskRCNNError
+from ..structures import Batch
 from . import distributed as du
 from .guard import check_losses
-from .loader import Batch, move_to_device
+from .loader import move_to_device
 from .oom import MicroBatchSplit, run_with_oom_fallback, split_batch
 
 __all__ = ["StepOutput", "TrainStep", "LossCheck", "loss_terms", "sum_losses", "TOTAL"]

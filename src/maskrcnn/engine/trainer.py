@@ -34,13 +34,14 @@ from torch import nn
 
 from ..config import Config
 from ..errors import MaskRCNNError
+from ..structures import Batch
 from . import distributed as du
 from . import state as run_state
 from .budget import TimeBudget
 from .checkpoint import CheckpointManager
 from .guard import NonFiniteLossError, check_losses, find_nonfinite
 from .hooks import HookBase, Stop, default_hooks
-from .loader import Batch, as_training_dataset, build_loader, image_class_ids, image_references, unpack_batch
+from .loader import as_training_dataset, build_loader, image_class_ids, image_references, unpack_batch
 from .logging import RunLogger
 from .oom import MicroBatchSplit
 from .optim import build_optimizer, select_trainable, set_train_mode
