@@ -58,7 +58,8 @@ from maskrcnn.commands.demo import DemoSettings, run_demo
 def evaluate_only(run_dir: Path, train_images: int, inference_overrides: dict) -> int:
     import torch
 
-    from maskrcnn.commands.demo import evaluate_model, make_datasets
+    from maskrcnn.commands.demo import make_datasets
+    from maskrcnn.evaluation import evaluate_model
     from maskrcnn.modeling import build_model
     from maskrcnn.weights import load_checkpoint
 
@@ -69,7 +70,7 @@ def evaluate_only(run_dir: Path, train_images: int, inference_overrides: dict) -
     model.load_state_dict(sd)
     torch.set_num_threads(1)
     _, val = make_datasets(DemoSettings(train_images=train_images), config.seed)
-    report, _ = evaluate_model(model, val)
+    report = evaluate_model(model, val, batch_size=10)
     segm = report["coco"]["segm"]
     print(json.dumps({"run": str(run_dir), "overrides": inference_overrides, "mask_ap50": segm["AP50"], "voc_map50": report["voc_map50"], "mask_ap": segm["AP"],
                       "box_ap50": report["coco"]["bbox"]["AP50"], "per_class": segm.get("per_class_AP")}))
@@ -79,7 +80,7 @@ def evaluate_only(run_dir: Path, train_images: int, inference_overrides: dict) -
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=DemoSettings.minutes)
-    p.add_argument("--opt", default=DemoSettings.optimizer, choices=["adamw", "sgd"])
+    p.add_argument("--opt", default="adamw", choices=["adamw", "sgd"])
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--train-images", type=int, default=500)
     p.add_argument("--threads", type=int, default=None)
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate_only(Path(a.eval), a.train_images, {k: v for k, v in overrides.items() if k != "seed"})
     if a.seed is not None:
         overrides["seed"] = a.seed
-    settings = DemoSettings(minutes=a.minutes, optimizer=a.opt, train_images=a.train_images, threads=a.threads,
+    overrides["optimizer"] = a.opt
+    settings = DemoSettings(minutes=a.minutes, train_images=a.train_images, threads=a.threads,
                             overrides=overrides, overlays=4)
     out = Path(a.results).parent / a.tag
     res = run_demo(settings, out, log=lambda s: print(f"[{a.tag}] {s}", flush=True))

@@ -2,12 +2,12 @@
 
 For one representative config (default: ResNet-50 FPN, 512 px short side, 2 images per step,
 100 instances per image, COCO's 81 classes) this measures, each in a fresh process
-(:func:`maskrcnn.engine.memory.measure_peak`):
+(:func:`maskrcnn.planning.measure_peak`):
 
-1. the base config and every setting of every lever (:func:`maskrcnn.engine.memory.lever_settings`);
+1. the base config and every setting of every lever (:func:`maskrcnn.planning.lever_settings`);
 2. combinations of levers.
 
-The peak model (:class:`maskrcnn.engine.memory.PeakModel`) is fitted exactly as ``maskrcnn plan``
+The peak model (:class:`maskrcnn.planning.PeakModel`) is fitted exactly as ``maskrcnn plan``
 fits it: on the base and the *first* setting of each lever only. Every other setting and every
 combination is held out: it is estimated first, then measured, and the relative error is reported
 (the acceptance bar is 15 %). Finally ``plan_memory`` runs for a budget of 65 % of the base peak
@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 
 from maskrcnn.config import Config
-from maskrcnn.engine.memory import (
+from maskrcnn.planning import (
     LEVER_KEYS,
     Measurement,
     PeakModel,

@@ -44,30 +44,39 @@ def test_demo_command_is_registered():
     assert build_parser().parse_args(["demo"]).out == "demo_out"
 
 
-def test_lr_factor_warmup_then_cosine_to_zero():
-    c = load_preset("shapes_demo").replace(warmup_iters=10, warmup_factor=0.1, lr_schedule="cosine")
-    assert demo._lr_factor(c, 0, 0.0) == pytest.approx(0.1)
-    assert demo._lr_factor(c, 10, 0.0) == pytest.approx(1.0)
-    assert demo._lr_factor(c, 100, 0.5) == pytest.approx(0.5)
-    assert demo._lr_factor(c, 100, 1.0) == pytest.approx(0.0, abs=1e-12)
-
-
-def test_hflip_keeps_boxes_equal_to_mask_boxes():
+def test_prepared_samples_flip_half_the_items_per_epoch_with_boxes_on_the_masks():
     from maskrcnn.data.augment import boxes_from_masks
+    from maskrcnn.data.prepared import PreparedSamples, prepare_samples
     from maskrcnn.data.shapes import ShapesDataset
 
     c = load_preset("shapes_demo")
-    (image, target), = demo.prepare_samples(ShapesDataset(1, seed=11), c)
-    fi, ft = demo._hflip(image, target)
-    assert torch.equal(fi, image.flip(-1))
-    assert np.array_equal(ft["boxes"].numpy(), boxes_from_masks(ft["masks"].numpy()))
-    assert torch.equal(ft["labels"], target["labels"])
+    samples = prepare_samples(ShapesDataset(40, seed=11), c)
+    assert len(samples) == 40 and all(len(t["labels"]) > 0 for _, t in samples)
+    ds = PreparedSamples(samples, hflip=0.5, seed=3)
+    flipped = {}
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            image, target = ds[i]
+            original = samples[i][0]
+            is_flipped = not torch.equal(image, original)
+            if is_flipped:
+                assert torch.equal(image, original.flip(-1)) and torch.equal(target["masks"], samples[i][1]["masks"].flip(-1))
+            assert np.array_equal(target["boxes"].numpy(), boxes_from_masks(target["masks"].numpy()))
+            assert torch.equal(target["labels"], samples[i][1]["labels"])
+            flipped[epoch, i] = is_flipped
+        assert 8 <= sum(flipped[epoch, i] for i in range(40)) <= 32  # about half, p = 0.5
+    assert any(flipped[0, i] != flipped[1, i] for i in range(40))  # drawn anew each epoch
+    ds.set_epoch(0)  # a function of (seed, epoch, index): the same again
+    assert [torch.equal(ds[i][0], samples[i][0]) for i in range(40)] == [not flipped[0, i] for i in range(40)]
 
 
 def test_thread_tuner_follows_the_micro_benchmark():
+    from maskrcnn.engine.threads import ThreadTuner
+
     before = torch.get_num_threads()
     try:
-        tuner = demo.ThreadTuner(2, every_s=10.0)
+        tuner = ThreadTuner(2, every_s=10.0)
         speeds = {1: 1.0, 2: 0.5}  # seconds of the micro-benchmark per thread count: idle machine
         tuner._bench = lambda n, reps=10: speeds[n]
         assert tuner.check() == 2 and torch.get_num_threads() == 2 and tuner.interval == 10.0
@@ -87,7 +96,7 @@ def test_thread_tuner_follows_the_micro_benchmark():
         speeds[2] = 5.0
         tuner.update(1.0, now + 1.0)
         assert len(tuner.checks) == n_checks + 1 and tuner.current == 1
-        assert demo.ThreadTuner(1).check() == 1
+        assert ThreadTuner(1).check() == 1
     finally:
         torch.set_num_threads(before)
 
@@ -133,9 +142,15 @@ def test_quick_demo_writes_outputs_and_learns(tmp_path: Path, capsys: pytest.Cap
 
     # ---- training really learned: the loss fell well below its start
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["type"] == "train"]
     assert len(rows) >= 3 and all(math.isfinite(r["loss"]) for r in rows)
     first, last = rows[0]["loss"], min(r["loss"] for r in rows[-2:])
     assert last < 0.6 * first, f"loss {first:.3f} -> {last:.3f}"
+    # the engine's schedule: warmup to the preset's rate, then cosine towards zero at the last step
+    lrs = [r["lr"] for r in rows]
+    peak = max(lrs)
+    assert lrs[0] < 0.5 * peak and peak == pytest.approx(config.learning_rate, rel=0.05) and lrs[-1] < 0.05 * peak
+    assert metrics["steps"] == 192 and metrics["stopped_by"] == "epochs"  # 8 epochs of 24 steps
 
     # ---- and the trained model finds shapes of the right class on easy validation images
     from maskrcnn.data.shapes import ShapesDataset

@@ -109,7 +109,7 @@ def test_other_errors_pass_through_and_one_image_is_the_limit() -> None:
 
 
 class PerImageModel(nn.Module):
-    """Tiny model with the real parameter layout whose five losses are means over images; a
+    """Tiny model with the real parameter layout whose five loss terms are means over images; a
     training forward pass with more than ``fits`` images raises ``torch.OutOfMemoryError``."""
 
     def __init__(self, fits: int | None = None) -> None:
@@ -139,11 +139,11 @@ class PerImageModel(nn.Module):
         box = self.roi_heads.box(f.mean((2, 3)))
         labels = torch.stack([t["labels"][0] for t in targets])
         return {
-            "rpn_class": per_image.mean(),
-            "rpn_bbox": (r[:, 1:].mean((2, 3)) ** 2).sum(1).mean(),
-            "mrcnn_class": F.cross_entropy(box[:, :4], labels),
-            "mrcnn_bbox": (box[:, 4] ** 2).mean(),
-            "mrcnn_mask": (f ** 2).mean(),
+            "loss_rpn_class": per_image.mean(),
+            "loss_rpn_bbox": (r[:, 1:].mean((2, 3)) ** 2).sum(1).mean(),
+            "loss_mrcnn_class": F.cross_entropy(box[:, :4], labels),
+            "loss_mrcnn_bbox": (box[:, 4] ** 2).mean(),
+            "loss_mrcnn_mask": (f ** 2).mean(),
         }
 
 

@@ -4,7 +4,7 @@ Measures the peak memory of real training steps of the config (synthetic images 
 input size with ``max_gt_instances`` instances each, every configuration in a fresh process) and,
 when it is above the budget, measures each memory lever, ranks them by memory saved per accuracy
 cost, and proposes the cheapest combination that fits, measured. ``--write C2`` saves it as a
-config file. See :mod:`maskrcnn.engine.memory` for what is measured and how estimates are made.
+config file. See :mod:`maskrcnn.planning` for what is measured and how estimates are made.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from .args import non_negative_float, positive_int
 
 __all__ = ["add_parser", "run"]
 
-#: :data:`maskrcnn.engine.memory.LEVER_KEYS`, here so that ``maskrcnn --help`` does not import torch
+#: :data:`maskrcnn.planning.LEVER_KEYS`, here so that ``maskrcnn --help`` does not import torch
 LEVER_NAMES = ("checkpointing", "micro_batch", "amp", "mini_masks", "rois", "gt_instances", "frozen_stages", "crop",
                "image_size")
 
@@ -67,7 +67,7 @@ def _image_size(text: str | None) -> tuple[int, int] | None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import Config, ConfigError
-    from ..engine.memory import format_bytes, plan_memory
+    from ..planning import format_bytes, plan_memory
     from ..utils.files import atomic_write_text, ensure_output_file
 
     config = Config.from_yaml(args.config)

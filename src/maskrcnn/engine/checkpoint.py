@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from ..errors import MaskRCNNError
 from ..utils.files import atomic_write, atomic_write_text
 
 __all__ = [

@@ -44,8 +44,7 @@ class ProgressBar:
         """Advance one step and show the latest values."""
         if self._bar is None:
             return
-        short = {"rpn_class": "rpn_c", "rpn_bbox": "rpn_b", "mrcnn_class": "cls", "mrcnn_bbox": "box", "mrcnn_mask": "mask"}
-        post = {short.get(k, k): f"{v:.3f}" for k, v in losses.items()}
+        post = {k.removeprefix("loss_"): f"{v:.3f}" for k, v in losses.items()}
         post.update(lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}", eta=format_duration(eta_s))
         self._bar.set_postfix(post, refresh=False)
         self._bar.update(1)
@@ -187,7 +186,10 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_loss_curves(metrics_path: str | Path, out_png: str | Path, terms: Sequence[str] | None = None) -> Path | None:
-    """Plot training (and validation) losses against the optimizer step; None when nothing to plot."""
+    """Plot training (and validation) losses against the optimizer step; None when nothing to plot.
+
+    ``terms``: the loss terms of the right-hand panel (default: every ``loss_*`` key of the records).
+    """
     rows = _read_metrics(Path(metrics_path))
     train = [r for r in rows if r.get("type") == "train"]
     val = [r for r in rows if r.get("type") == "val"]
@@ -198,7 +200,7 @@ def plot_loss_curves(metrics_path: str | Path, out_png: str | Path, terms: Seque
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    terms = list(terms or ["rpn_class", "rpn_bbox", "mrcnn_class", "mrcnn_bbox", "mrcnn_mask"])
+    terms = list(terms or dict.fromkeys(k for r in train for k in r if k.startswith("loss_")))
     fig, (ax_total, ax_terms) = plt.subplots(1, 2, figsize=(12, 4.5))
     steps = [r["step"] for r in train]
     ax_total.plot(steps, [r.get("loss", float("nan")) for r in train], label="train")
@@ -209,7 +211,7 @@ def plot_loss_curves(metrics_path: str | Path, out_png: str | Path, terms: Seque
     for term in terms:
         if any(term in r for r in train):
             ax_terms.plot(steps, [r.get(term, float("nan")) for r in train], label=term)
-    ax_terms.set(title="loss terms (train, unweighted)", xlabel="optimizer step", yscale="log")
+    ax_terms.set(title="loss terms (train, weighted)", xlabel="optimizer step", yscale="log")
     ax_terms.legend(fontsize="small")
     fig.tight_layout()
     out_png = atomic_write(out_png, partial(fig.savefig, dpi=100, format="png"))
