@@ -69,7 +69,7 @@ def test_crop_geometry_and_refusal_at_inference():
         _config("crop", image_min_dim=64, image_max_dim=96)
     transform = InputTransform(_config("crop", image_min_dim=64, image_max_dim=96, inference_resize_mode="pad64"))
     info = transform.plan(90, 120)  # pad64 only upscales, then pads to multiples of 64
-    assert (info.image_size, info.window) == ((128, 128), (0, 0, 90, 120))
+    assert (info.image_size, info.window) == ((128, 128), (19, 4, 109, 124))  # padding centred
 
 
 def test_boxes_in_padding_are_clipped_to_the_image():
