@@ -499,21 +499,17 @@ def _first_error(c: Config) -> str | None:
     if len(c.pixel_mean) != c.image_channel_count or len(c.pixel_std) != c.image_channel_count:
         return (f"pixel_mean/pixel_std have {len(c.pixel_mean)}/{len(c.pixel_std)} values but image_channel_count="
                 f"{c.image_channel_count}; give one value per channel")
-    if c.image_resize_mode == "pad64" and c.image_min_dim % 64:
-        return (f"image_min_dim={c.image_min_dim} with image_resize_mode=pad64: must be divisible by 64 "
-                f"(e.g. {max(64, round(c.image_min_dim / 64) * 64)})")
-    if c.image_resize_mode in ("minmax", "square") and c.image_max_dim < c.image_min_dim:
-        return f"image_max_dim={c.image_max_dim} is below image_min_dim={c.image_min_dim}; raise image_max_dim"
+    for field in ("image_resize_mode", "inference_resize_mode"):  # the training and the detection geometry
+        if getattr(c, field) == "pad64" and c.image_min_dim % 64:
+            return (f"image_min_dim={c.image_min_dim} with {field}=pad64: must be divisible by 64 "
+                    f"(e.g. {max(64, round(c.image_min_dim / 64) * 64)})")
+        if getattr(c, field) in ("minmax", "square") and c.image_max_dim < c.image_min_dim:
+            return f"image_max_dim={c.image_max_dim} is below image_min_dim={c.image_min_dim}; raise image_max_dim"
     if c.size_divisibility % 32:
         return f"size_divisibility={c.size_divisibility}: must be a multiple of 32 (the P6 stride needs it), e.g. 32"
     if c.image_resize_mode == "crop" and c.image_min_dim % c.size_divisibility:
         return (f"image_min_dim={c.image_min_dim} with crop: must be a multiple of size_divisibility={c.size_divisibility} "
                 f"(e.g. {max(c.size_divisibility, round(c.image_min_dim / c.size_divisibility) * c.size_divisibility)})")
-    if c.inference_resize_mode == "pad64" and c.image_min_dim % 64:
-        return (f"image_min_dim={c.image_min_dim} with inference_resize_mode=pad64: must be divisible by 64 "
-                f"(e.g. {max(64, round(c.image_min_dim / 64) * 64)})")
-    if c.inference_resize_mode in ("minmax", "square") and c.image_max_dim < c.image_min_dim:
-        return f"image_max_dim={c.image_max_dim} is below image_min_dim={c.image_min_dim}; raise image_max_dim"
     if c.rpn_bg_iou_threshold > c.rpn_fg_iou_threshold:
         return (f"rpn_bg_iou_threshold={c.rpn_bg_iou_threshold} exceeds rpn_fg_iou_threshold={c.rpn_fg_iou_threshold}; "
                 "lower it (e.g. 0.3 and 0.7)")
