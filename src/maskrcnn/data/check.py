@@ -3,9 +3,10 @@
 The check streams the dataset image by image through the Matterport ``Dataset`` API
 (``load_image``, ``load_mask``, ``image_reference``, ``class_names``), so memory stays bounded by
 one image and its masks plus a few numbers per image and per instance. Each problem becomes a
-:class:`Finding` (severity, kind, image, instance, one-line message with the fix); a
-:class:`Report` holds them with summary tables (classes, image sizes, resize behaviour) and
-renders as text (:meth:`Report.format_text`) or JSON (:meth:`Report.to_json`).
+:class:`~maskrcnn.data.check_report.Finding` (severity, kind, image, instance, one-line message
+with the fix); a :class:`~maskrcnn.data.check_report.Report` holds them with summary tables
+(classes, image sizes, resize behaviour) and renders as text or JSON. Both are importable from
+here too.
 
 Finding kinds (severity):
 
@@ -29,19 +30,19 @@ Each finding names the image (``image_reference``) and, for instances, the index
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import sys
 from array import array
 from collections import Counter
-from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Literal
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 import numpy as np
 
 from ..config import Config
 from ..errors import MaskRCNNError
+from .augment import boxes_from_masks
+from .check_report import Finding, Report, Severity, sizes_by_count
 from .dataset import Dataset
 from .images import intensity_scale
 from .problems import instance_ref, severity_of
@@ -49,8 +50,7 @@ from .validate import check_load_mask
 
 __all__ = ["CheckOptions", "Finding", "Report", "check_dataset", "resize_geometry"]
 
-Severity = Literal["error", "warning", "info"]
-_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
 @dataclass(frozen=True)
 class CheckOptions:
     """Thresholds of the checks.
@@ -69,194 +69,12 @@ class CheckOptions:
     small_object_fraction: float = 0.05
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One problem: ``severity`` (error/warning/info), ``kind``, where, and a one-line message."""
-
-    severity: Severity
-    kind: str
-    message: str
-    image: str | None = None
-    image_id: int | None = None
-    instance: int | str | None = None
-    ref: str | None = None
-
-    def where(self) -> str:
-        """``image instance N (REF)``, ``image REF``, ``image`` or ``dataset``.
-
-        ``instance`` is the index in ``load_mask`` (int) or, for problems recorded by a format
-        loader, its reference (``annotation 17``, ``region 2``, a mask file name); ``ref`` is the
-        annotation reference of an indexed instance when the dataset keeps one.
-        """
-        if self.image is None:
-            return "dataset" if self.instance is None else str(self.instance)
-        if self.instance is None:
-            return self.image
-        if not isinstance(self.instance, int):
-            return f"{self.image} {self.instance}"
-        return f"{self.image} instance {self.instance}" + (f" ({self.ref})" if self.ref else "")
-
-    def format(self) -> str:
-        """One line: severity, kind, location and message."""
-        return f"{self.severity:<7} {self.kind:<19} {self.where()}: {self.message}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class Report:
-    """The result of :func:`check_dataset`: findings plus summary tables."""
-
-    findings: list[Finding]
-    num_images: int
-    num_instances: int
-    class_names: list[str]
-    class_instances: list[int]
-    class_images: list[int]
-    image_sizes: dict[tuple[int, int], int]
-    channels: dict[int, int]
-    dtypes: dict[str, int]
-    resize: dict[str, Any]
-    config: str
-
-    # ------------------------------------------------------------------ queries
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
-
-    @property
-    def infos(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "info"]
-
-    @property
-    def ok(self) -> bool:
-        """True when there is no error (warnings and info do not block training)."""
-        return not self.errors
-
-    @property
-    def exit_code(self) -> int:
-        """1 when there are errors, else 0."""
-        return 0 if self.ok else 1
-
-    def of_kind(self, kind: str) -> list[Finding]:
-        """All findings of ``kind``."""
-        return [f for f in self.findings if f.kind == kind]
-
-    @property
-    def background_only(self) -> int:
-        """Images without instances (they are trained on, as negatives)."""
-        return len(self.of_kind("background_only"))
-
-    def kinds(self) -> Counter[str]:
-        """Number of findings per kind."""
-        return Counter(f.kind for f in self.findings)
-
-    # ------------------------------------------------------------------ output
-    def to_dict(self) -> dict[str, Any]:
-        """Everything as plain JSON types; findings sorted errors first."""
-        return {
-            "ok": self.ok,
-            "summary": {
-                "images": self.num_images,
-                "instances": self.num_instances,
-                "classes": len(self.class_names),
-                "errors": len(self.errors),
-                "warnings": len(self.warnings),
-                "info": len(self.infos),
-                "background_only": self.background_only,
-                "config": self.config,
-            },
-            "classes": [
-                {"id": i, "name": n, "instances": self.class_instances[i], "images": self.class_images[i]}
-                for i, n in enumerate(self.class_names)
-            ],
-            "image_sizes": [{"width": w, "height": h, "count": c} for (w, h), c in _by_count(self.image_sizes)],
-            "channels": {str(k): v for k, v in sorted(self.channels.items())},
-            "dtypes": dict(sorted(self.dtypes.items())),
-            "resize": self.resize,
-            "findings": [f.to_dict() for f in _sorted(self.findings)],
-        }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def format_text(self, max_per_kind: int = 10) -> str:
-        """A compact human report: summary tables, then findings (errors first), ``max_per_kind`` lines per kind."""
-        lines = [
-            f"{self.num_images} images, {self.num_instances} instances, {len(self.class_names)} classes "
-            f"(BG + {max(len(self.class_names) - 1, 0)}), {self.background_only} background-only images "
-            f"(trained on); config: {self.config}",
-            f"errors: {len(self.errors)}   warnings: {len(self.warnings)}   info: {len(self.infos)}",
-            "",
-            f"  {'id':>3}  {'class':<20} {'instances':>9} {'images':>7}",
-        ]
-        for i, name in enumerate(self.class_names):
-            if i == 0:
-                continue
-            lines.append(f"  {i:>3}  {name[:20]:<20} {self.class_instances[i]:>9} {self.class_images[i]:>7}")
-        lines += ["", f"  {'image size':<14} {'images':>7}"]
-        sizes = _by_count(self.image_sizes)
-        for (w, h), count in sizes[:8]:
-            lines.append(f"  {f'{w}x{h}':<14} {count:>7}")
-        if len(sizes) > 8:
-            lines.append(f"  ... {len(sizes) - 8} more sizes ({sum(c for _, c in sizes[8:])} images)")
-        kinds = Counter((f.severity, f.kind) for f in self.findings)
-        if kinds:
-            lines += ["", f"  {'severity':<8} {'kind':<19} {'count':>6}"]
-            for (sev, kind), count in sorted(kinds.items(), key=lambda kv: (_SEVERITY_ORDER[kv[0][0]], kv[0][1])):
-                lines.append(f"  {sev:<8} {kind:<19} {count:>6}")
-            lines.append("")
-        root = _common_root(f.image for f in self.findings)
-        if root:
-            lines.append(f"(image paths relative to {root})")
-        shown: Counter[str] = Counter()
-        for f in _sorted(self.findings):
-            shown[f.kind] += 1
-            if shown[f.kind] <= max_per_kind:
-                lines.append(f.format().replace(root + os.sep, "") if root else f.format())
-            elif shown[f.kind] == kinds[(f.severity, f.kind)]:
-                lines.append(f"{'':<7} {f.kind:<19} ... {shown[f.kind] - max_per_kind} more (see --json for all)")
-        n = len(self.errors)
-        lines.append("OK: no errors" if self.ok else f"FAILED: {n} error{'s' if n > 1 else ''}; fix before training")
-        return "\n".join(lines)
-
-
-def _sorted(findings: Iterable[Finding]) -> list[Finding]:
-    """Errors first, then warnings, then info; grouped by kind, in dataset order within a kind."""
-    first_seen: dict[str, int] = {}
-    items = list(findings)
-    for i, f in enumerate(items):
-        first_seen.setdefault(f.kind, i)
-    return sorted(items, key=lambda f: (_SEVERITY_ORDER[f.severity], first_seen[f.kind]))
-
-
-def _common_root(images: Iterable[str | None]) -> str:
-    """The longest common folder of the image paths among ``images`` ('' if none or just '/')."""
-    paths = {i for i in images if i and os.sep in i}
-    if not paths:
-        return ""
-    try:
-        root = os.path.commonpath([os.path.dirname(p) for p in paths])
-    except ValueError:  # mixed absolute and relative paths
-        return ""
-    return root if root not in ("", os.sep) else ""
-
-
 def _images(n: int) -> str:
     return f"{n} image" + ("" if n == 1 else "s")
 
 
 def _span(lo: float, hi: float) -> str:
     return f"{lo:.2f}x" if abs(hi - lo) < 5e-3 else f"{lo:.2f}x-{hi:.2f}x"
-
-
-def _by_count(counter: dict[tuple[int, int], int]) -> list[tuple[tuple[int, int], int]]:
-    return sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 # ---------------------------------------------------------------------------- the check
@@ -424,10 +242,8 @@ class _State:
 
     def _check_instances(self, image_id: int, masks: np.ndarray, class_ids: np.ndarray, scale: float) -> None:
         areas = masks.sum(axis=(0, 1))
-        rows, cols = masks.any(axis=1), masks.any(axis=0)  # [H, N], [W, N]
-        h, w = masks.shape[:2]
-        y1, y2 = rows.argmax(axis=0), h - rows[::-1].argmax(axis=0)
-        x1, x2 = cols.argmax(axis=0), w - cols[::-1].argmax(axis=0)
+        boxes = boxes_from_masks(np.moveaxis(masks, 2, 0)).astype(np.int64)  # [N, 4] xyxy; empty masks: 0
+        x1, y1, x2, y2 = boxes.T
         tiny, drop = self.opt.tiny_area, self.cfg.aug_min_area
         for i, area in enumerate(areas.tolist()):
             if area == 0:
@@ -439,12 +255,15 @@ class _State:
                          "annotation or delete it", image_id, i)
             if area > 0:
                 self.object_sides.append(math.sqrt(float((y2[i] - y1[i]) * (x2[i] - x1[i]))) * scale)
-        self._check_overlaps(image_id, masks, areas, (x1, y1, x2, y2), class_ids)
+        self._check_overlaps(image_id, masks, areas, boxes, class_ids)
 
-    def _check_overlaps(self, image_id: int, masks: np.ndarray, areas: np.ndarray,
-                        box: tuple[np.ndarray, ...], class_ids: np.ndarray) -> None:
-        """Pairs of instances with mask IoU >= duplicate_iou (pruned by an exact upper bound first)."""
-        x1, y1, x2, y2 = (b.astype(np.int64) for b in box)
+    def _check_overlaps(self, image_id: int, masks: np.ndarray, areas: np.ndarray, boxes: np.ndarray,
+                        class_ids: np.ndarray) -> None:
+        """Pairs of instances with mask IoU >= duplicate_iou (pruned by an exact upper bound first).
+
+        ``masks`` ``[H, W, N]`` bool, ``areas`` ``[N]``, ``boxes`` ``[N, 4]`` int64 xyxy of the masks.
+        """
+        x1, y1, x2, y2 = boxes.T
         a = areas.astype(np.float64)
         iw = np.clip(np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]), 0, None)
         ih = np.clip(np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]), 0, None)
@@ -568,7 +387,7 @@ class _State:
     def _check_sizes(self) -> None:
         if not self.sizes:
             return
-        cfg, sizes = self.cfg, _by_count(self.sizes)
+        cfg, sizes = self.cfg, sizes_by_count(self.sizes)
         table = ", ".join(f"{w}x{h}: {c}" for (w, h), c in sizes[:6]) + (
             f", ... {len(sizes) - 6} more sizes" if len(sizes) > 6 else "")
         n = sum(self.sizes.values())
