@@ -19,7 +19,7 @@ import numpy as np
 
 from maskrcnn.evaluation import Evaluator
 from maskrcnn.evaluation.coco import SUMMARY_KEYS, available_backends, evaluate_coco
-from maskrcnn.evaluation.synthetic import synthetic_coco
+from maskrcnn.data.synthetic import synthetic_coco
 
 
 def _time(fn: Any, repeat: int) -> tuple[float, Any]:

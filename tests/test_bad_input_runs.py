@@ -315,7 +315,7 @@ def test_cli_full_disk_during_train_is_one_line_and_loses_nothing(cli_copy: Path
 def images(tmp_path: Path) -> Path:
     from PIL import Image
 
-    from maskrcnn.data.shapes import ShapesDataset
+    from maskrcnn.data.synthetic import ShapesDataset
 
     folder = tmp_path / "images"
     folder.mkdir()

@@ -13,7 +13,7 @@ from maskrcnn.data.dataset import Dataset
 from maskrcnn.data.minimask import expand_masks, mini_mask_rois, minimize_masks, pad_mini_masks
 from maskrcnn.data.pipeline import SkippedSample, TrainingDataset, collate
 from maskrcnn.data.resize import compute_scale, resample_image, resize_image
-from maskrcnn.data.shapes import ShapesDataset, draw_shape
+from maskrcnn.data.synthetic import ShapesDataset, draw_shape
 from maskrcnn.errors import DataError
 
 torch.set_num_threads(1)

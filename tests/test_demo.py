@@ -47,7 +47,7 @@ def test_demo_command_is_registered():
 def test_prepared_samples_flip_half_the_items_per_epoch_with_boxes_on_the_masks():
     from maskrcnn.data.augment import boxes_from_masks
     from maskrcnn.data.prepared import PreparedSamples, prepare_samples
-    from maskrcnn.data.shapes import ShapesDataset
+    from maskrcnn.data.synthetic import ShapesDataset
 
     c = load_preset("shapes_demo")
     samples = prepare_samples(ShapesDataset(40, seed=11), c)
@@ -153,7 +153,7 @@ def test_quick_demo_writes_outputs_and_learns(tmp_path: Path, capsys: pytest.Cap
     assert metrics["steps"] == 192 and metrics["stopped_by"] == "epochs"  # 8 epochs of 24 steps
 
     # ---- and the trained model finds shapes of the right class on easy validation images
-    from maskrcnn.data.shapes import ShapesDataset
+    from maskrcnn.data.synthetic import ShapesDataset
     from maskrcnn.inference.predictor import Predictor
 
     val = ShapesDataset(60, seed=2 * 0 + 1)  # the demo's validation seed for --seed 0 (and more images)

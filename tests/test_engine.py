@@ -521,7 +521,7 @@ def test_class_count_table_marks_classes_without_instances() -> None:
 
 
 def test_pipeline_shapes_integration_reports_broken_files(tmp_path: Path) -> None:
-    from maskrcnn.data.shapes import ShapesDataset
+    from maskrcnn.data.synthetic import ShapesDataset
     from maskrcnn.errors import DataError
 
     class Broken(ShapesDataset):

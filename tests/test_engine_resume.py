@@ -29,7 +29,7 @@ def _stub_data():  # noqa: ANN202
 
 
 def _shapes_data():  # noqa: ANN202
-    from maskrcnn.data.shapes import ShapesDataset
+    from maskrcnn.data.synthetic import ShapesDataset
 
     return ShapesDataset(14, 96, 96, seed=1), ShapesDataset(4, 96, 96, seed=2)
 

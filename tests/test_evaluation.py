@@ -33,7 +33,7 @@ from maskrcnn.evaluation import (
     write_report,
 )
 from maskrcnn.evaluation.coco import SUMMARY_KEYS, available_backends
-from maskrcnn.evaluation.synthetic import synthetic_coco
+from maskrcnn.data.synthetic import synthetic_coco
 
 BACKENDS = ["pycocotools", "faster_coco_eval"]
 

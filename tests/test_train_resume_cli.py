@@ -42,7 +42,7 @@ def _mask_folder(root: Path, n: int = 4) -> None:
     """``n`` images in the instance-masks layout (one class), from the synthetic shapes."""
     from PIL import Image
 
-    from maskrcnn.data.shapes import ShapesDataset
+    from maskrcnn.data.synthetic import ShapesDataset
 
     ds = ShapesDataset(n, 64, 64, seed=4)
     for i in range(n):

@@ -87,7 +87,7 @@ def test_losses_equal_torchvision_for_same_weights_and_sampling():
 def test_mini_mask_training_through_the_pipeline_gives_correct_targets():
     """TrainingDataset with use_mini_mask -> the model's targets equal those from full masks."""
     from maskrcnn.data.pipeline import TrainingDataset
-    from maskrcnn.data.shapes import ShapesDataset
+    from maskrcnn.data.synthetic import ShapesDataset
 
     ds = ShapesDataset(2, seed=0)
     cfg = Config(backbone="resnet18", num_classes=4, image_min_dim=128, image_max_dim=128, aug_hflip=0.0)

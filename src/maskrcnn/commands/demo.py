@@ -146,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def make_datasets(settings: DemoSettings, seed: int) -> tuple[Any, Any]:
-    """Training and validation :class:`~maskrcnn.data.shapes.ShapesDataset` (independent seeds)."""
-    from ..data.shapes import ShapesDataset
+    """Training and validation :class:`~maskrcnn.data.synthetic.ShapesDataset` (independent seeds)."""
+    from ..data.synthetic import ShapesDataset
 
     s = settings.image_size
     train = ShapesDataset(settings.train_images, height=s, width=s, seed=2 * seed)

@@ -60,7 +60,7 @@ def load_training_data(spec: str, format: str | None, seed: int) -> Any:
     """A prepared dataset from a path (any supported format) or ``shapes[:N]``."""
     m = _SHAPES.match(spec)
     if m and not Path(spec).exists():
-        from ..data.shapes import ShapesDataset
+        from ..data.synthetic import ShapesDataset
 
         return ShapesDataset(int(m.group(1) or 500), seed=seed)
     from ..data.formats import load_dataset

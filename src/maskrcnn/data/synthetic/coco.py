@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from ..data import rle as rle_codec
 
-from .common import ann_to_rle
+from .. import rle as rle_codec
 
 __all__ = ["synthetic_coco"]
 
@@ -36,10 +35,6 @@ def _shape_mask(rng: np.random.Generator, h: int, w: int, max_side: int) -> tupl
         mask = ((yy + 0.5 - cy) / ry) ** 2 + ((xx + 0.5 - cx) / rx) ** 2 <= 1.0
         kind = "ellipse"
     return mask, kind, (x1, y1, x1 + bw, y1 + bh)
-
-
-def _rle(mask: np.ndarray) -> dict[str, Any]:
-    return rle_codec.encode(mask)
 
 
 def _uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
@@ -84,64 +79,91 @@ def synthetic_coco(
         ``(gt, results)``; ``results`` carry ``bbox`` ``[x, y, w, h]`` and compressed-RLE
         ``segmentation`` (``counts`` a str).
     """
-    rng = np.random.default_rng(seed)
     h, w = image_size
-    max_side = max(4, int(0.8 * min(h, w)))
     images = [{"id": i + 1, "file_name": f"{i + 1:06d}.png", "height": h, "width": w} for i in range(num_images)]
     categories = [{"id": k + 1, "name": f"class{k + 1}"} for k in range(num_classes)]
-    anns: list[dict[str, Any]] = []
-    results: list[dict[str, Any]] = []
-
-    def add_result(image_id: int, mask: np.ndarray, cat: int, score_range: tuple[float, float]) -> None:
-        if not mask.any():
-            return
-        rle = _rle(mask)
-        results.append(
-            {
-                "image_id": image_id,
-                "category_id": cat,
-                "bbox": rle_codec.bbox(rle),
-                "score": round(float(rng.uniform(*score_range)), 4),
-                "segmentation": rle,
-            }
-        )
-
+    maker = _CocoMaker(np.random.default_rng(seed), h, w, num_classes)
     for img in images:
+        maker.add_image(img["id"], max_instances)
+    gt = {"images": images, "annotations": maker.annotations, "categories": categories}
+    return gt, maker.results
+
+
+class _CocoMaker:
+    """Draws the objects of each image and the predictions for them from one random generator.
+
+    The draws happen in a fixed order (per image: object count, whether the image gets no
+    predictions, then per object its shape, class, crowd flag and predictions; then the false
+    positives), so the output is a function of the seed.
+    """
+
+    def __init__(self, rng: np.random.Generator, height: int, width: int, num_classes: int) -> None:
+        self.rng, self.h, self.w, self.num_classes = rng, height, width, num_classes
+        self.max_side = max(4, int(0.8 * min(height, width)))
+        self.annotations: list[dict[str, Any]] = []
+        self.results: list[dict[str, Any]] = []
+
+    def random_class(self) -> int:
+        return int(self.rng.integers(1, self.num_classes + 1))
+
+    def add_image(self, image_id: int, max_instances: int) -> None:
+        """Up to ``max_instances`` objects with their predictions, and a few false positives."""
+        rng = self.rng
         n = int(rng.integers(0, max_instances + 1))
         no_predictions = rng.random() < 0.1
         for _ in range(n):
-            mask, kind, (x1, y1, x2, y2) = _shape_mask(rng, h, w, max_side)
-            cat = int(rng.integers(1, num_classes + 1))
-            crowd = rng.random() < 0.08
-            if crowd:
-                segm: Any = _uncompressed_rle(mask)
-            elif kind == "rect":
-                segm = [[x1, y1, x2, y1, x2, y2, x1, y2]]
-            else:
-                segm = _rle(mask)
-            rle = ann_to_rle({"segmentation": segm}, h, w)
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": img["id"],
-                    "category_id": cat,
-                    "segmentation": segm,
-                    "area": float(rle_codec.area(rle)),
-                    "bbox": rle_codec.bbox(rle),
-                    "iscrowd": int(crowd),
-                }
-            )
-            if no_predictions:
-                continue
-            if rng.random() < 0.85:  # detected, sometimes with the wrong class
-                pred_cat = cat if rng.random() < 0.9 else int(rng.integers(1, num_classes + 1))
-                add_result(img["id"], _jitter(rng, mask, (x1, y1, x2, y2), 0.15), pred_cat, (0.3, 1.0))
-            if rng.random() < 0.15:  # duplicate
-                add_result(img["id"], _jitter(rng, mask, (x1, y1, x2, y2), 0.3), cat, (0.05, 0.6))
+            mask, kind, box = _shape_mask(rng, self.h, self.w, self.max_side)
+            cat = self.random_class()
+            self.add_annotation(image_id, mask, kind, box, cat)
+            if not no_predictions:
+                self.add_predictions(image_id, mask, box, cat)
         if no_predictions:
-            continue
+            return
         for _ in range(int(rng.integers(0, 3))):  # false positives
-            mask, _, _ = _shape_mask(rng, h, w, max_side)
-            add_result(img["id"], mask, int(rng.integers(1, num_classes + 1)), (0.05, 0.7))
-    gt = {"images": images, "annotations": anns, "categories": categories}
-    return gt, results
+            mask, _, _ = _shape_mask(rng, self.h, self.w, self.max_side)
+            self.add_result(image_id, mask, self.random_class(), (0.05, 0.7))
+
+    def add_annotation(self, image_id: int, mask: np.ndarray, kind: str, box: tuple[int, int, int, int],
+                       cat: int) -> None:
+        """The ground truth of one object: a crowd region (uncompressed RLE), a polygon (rectangles)
+        or a compressed RLE (ellipses)."""
+        x1, y1, x2, y2 = box
+        crowd = self.rng.random() < 0.08
+        if crowd:
+            segm: Any = _uncompressed_rle(mask)
+        elif kind == "rect":
+            segm = [[x1, y1, x2, y1, x2, y2, x1, y2]]
+        else:
+            segm = rle_codec.encode(mask)
+        rle = rle_codec.from_segmentation(segm, self.h, self.w)
+        self.annotations.append({
+            "id": len(self.annotations) + 1,
+            "image_id": image_id,
+            "category_id": cat,
+            "segmentation": segm,
+            "area": float(rle_codec.area(rle)),
+            "bbox": rle_codec.bbox(rle),
+            "iscrowd": int(crowd),
+        })
+
+    def add_predictions(self, image_id: int, mask: np.ndarray, box: tuple[int, int, int, int], cat: int) -> None:
+        """Most objects are detected (sometimes with the wrong class), some twice."""
+        rng = self.rng
+        if rng.random() < 0.85:  # detected, sometimes with the wrong class
+            pred_cat = cat if rng.random() < 0.9 else self.random_class()
+            self.add_result(image_id, _jitter(rng, mask, box, 0.15), pred_cat, (0.3, 1.0))
+        if rng.random() < 0.15:  # duplicate
+            self.add_result(image_id, _jitter(rng, mask, box, 0.3), cat, (0.05, 0.6))
+
+    def add_result(self, image_id: int, mask: np.ndarray, cat: int, score_range: tuple[float, float]) -> None:
+        """One prediction with a random score in ``score_range`` (none for an empty mask)."""
+        if not mask.any():
+            return
+        rle = rle_codec.encode(mask)
+        self.results.append({
+            "image_id": image_id,
+            "category_id": cat,
+            "bbox": rle_codec.bbox(rle),
+            "score": round(float(self.rng.uniform(*score_range)), 4),
+            "segmentation": rle,
+        })

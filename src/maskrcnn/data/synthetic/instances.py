@@ -2,9 +2,8 @@
 
 :class:`SyntheticInstances` is what ``maskrcnn plan`` trains on when it measures memory
 (:mod:`maskrcnn.planning.measure`): images of a chosen size with a chosen number of instance
-masks, COCO-like in their sizes. Matterport's shapes (the demo's data) are in
-:mod:`maskrcnn.data.shapes`; synthetic COCO ground truth for the metrics' tests in
-:mod:`maskrcnn.evaluation.synthetic`.
+masks, COCO-like in their sizes. The other synthetic data are beside it in
+:mod:`maskrcnn.data.synthetic`.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import math
 
 import numpy as np
 
-from .dataset import Dataset
+from ..dataset import Dataset
 
 __all__ = ["SyntheticInstances"]
 

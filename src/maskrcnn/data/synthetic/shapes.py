@@ -26,7 +26,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .dataset import Dataset
+from ..dataset import Dataset
 
 __all__ = ["ShapesDataset", "SHAPE_CLASSES"]
 
