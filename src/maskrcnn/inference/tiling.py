@@ -397,17 +397,18 @@ def detect_tiled(predictor: "Predictor", image: Any, *, tile_size: int = 1024, o
 def _collect(inst: _Instances, det: Detections, t: int, tile: tuple[int, int, int, int], height: int, width: int,
              margin: int) -> None:
     """Append a tile's instances in image coordinates, masks cropped (copied) to their extent."""
+    from ..data.augment import boxes_from_masks
+
     tx0, ty0, tx1, ty1 = tile
     n = len(det)
     if n == 0:
         return
     masks = det.masks
-    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    extents = boxes_from_masks(masks).astype(np.int64)  # [N, 4] tight xyxy in the tile; empty masks: 0
     tw, th = tx1 - tx0, ty1 - ty0
     for i in range(n):
-        r, c = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
-        if r.size:
-            ys, ye, xs, xe = int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1
+        xs, ys, xe, ye = (int(v) for v in extents[i])
+        if xe > xs:
             crop = masks[i, ys:ye, xs:xe].copy()
             ex = (xs, ys, xe, ye)
         else:  # an empty mask: its box decides whether it is cut; it matches nothing
@@ -464,95 +465,122 @@ def _area_in(crop: np.ndarray, ext: tuple[int, int, int, int], rect: tuple[int, 
 def _merge(inst: _Instances, tiles: list[tuple[int, int, int, int]], merge_iou: float, merge_iom: float | None,
            class_agnostic: bool) -> list[dict]:
     """Group matching instances of overlapping tiles; one merged instance per group."""
-    n = len(inst.scores)
-    parent = list(range(n))
+    groups = _match_groups(inst, tiles, merge_iou, merge_iom, class_agnostic)
+    return [_merge_group(inst, members) for members in groups]
 
-    def find(a: int) -> int:
+
+class _UnionFind:
+    """Disjoint sets of ``0..n-1``; each set's root is its smallest member."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, a: int) -> int:
+        parent = self.parent
         while parent[a] != a:
             parent[a] = parent[parent[a]]
             a = parent[a]
         return a
 
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def groups(self) -> list[list[int]]:
+        """The sets, in the order of their smallest member, members in increasing order."""
+        out: dict[int, list[int]] = {}
+        for i in range(len(self.parent)):
+            out.setdefault(self.find(i), []).append(i)
+        return list(out.values())
+
+
+def _match_groups(inst: _Instances, tiles: list[tuple[int, int, int, int]], merge_iou: float,
+                  merge_iom: float | None, class_agnostic: bool) -> list[list[int]]:
+    """Instances joined transitively by the matches between each pair of overlapping tiles."""
+    n = len(inst.scores)
+    sets = _UnionFind(n)
     if n and len(tiles) > 1:
         ext = np.asarray(inst.extents, dtype=np.int64).reshape(-1, 4)
         tile_of = np.asarray(inst.tile)
-        cls = np.asarray(inst.class_ids)
-        by_tile: dict[int, np.ndarray] = {}
+        cls = None if class_agnostic else np.asarray(inst.class_ids)
         order = np.argsort(tile_of, kind="stable")
         bounds = np.searchsorted(tile_of[order], np.arange(len(tiles) + 1))
-        for t in range(len(tiles)):
-            by_tile[t] = order[bounds[t]: bounds[t + 1]]
+        by_tile = [order[bounds[t]: bounds[t + 1]] for t in range(len(tiles))]
         for a, b in _overlapping_tile_pairs(tiles):
-            ia, ib = by_tile[a], by_tile[b]
-            if not len(ia) or not len(ib):
-                continue
-            ta, tb = tiles[a], tiles[b]
-            shared = (max(ta[0], tb[0]), max(ta[1], tb[1]), min(ta[2], tb[2]), min(ta[3], tb[3]))
-            ea, eb = ext[ia], ext[ib]
-            # extents (clipped to the shared region) that intersect each other
-            x0 = np.maximum(np.maximum(ea[:, None, 0], eb[None, :, 0]), shared[0])
-            y0 = np.maximum(np.maximum(ea[:, None, 1], eb[None, :, 1]), shared[1])
-            x1 = np.minimum(np.minimum(ea[:, None, 2], eb[None, :, 2]), shared[2])
-            y1 = np.minimum(np.minimum(ea[:, None, 3], eb[None, :, 3]), shared[3])
-            cand = (x1 > x0) & (y1 > y0)
-            if not class_agnostic:
-                cand &= cls[ia][:, None] == cls[ib][None, :]
-            pa, pb = np.nonzero(cand)
-            if not len(pa):
-                continue
-            area_a: dict[int, int] = {}
-            area_b: dict[int, int] = {}
-            for u, v in zip(pa.tolist(), pb.tolist()):
-                i, j = int(ia[u]), int(ib[v])
-                if i not in area_a:
-                    area_a[i] = _area_in(inst.crops[i], inst.extents[i], shared)
-                if j not in area_b:
-                    area_b[j] = _area_in(inst.crops[j], inst.extents[j], shared)
-                ai, aj = area_a[i], area_b[j]
-                if ai == 0 or aj == 0:
-                    continue
-                qx0, qy0, qx1, qy1 = int(x0[u, v]), int(y0[u, v]), int(x1[u, v]), int(y1[u, v])
-                ei, ej = inst.extents[i], inst.extents[j]
-                mi = inst.crops[i][qy0 - ei[1]: qy1 - ei[1], qx0 - ei[0]: qx1 - ei[0]]
-                mj = inst.crops[j][qy0 - ej[1]: qy1 - ej[1], qx0 - ej[0]: qx1 - ej[0]]
-                inter = int(np.count_nonzero(mi & mj))
-                if inter == 0:
-                    continue
-                iou = inter / (ai + aj - inter)
-                iom = inter / min(ai, aj)
-                if iou >= merge_iou or (merge_iom is not None and iom >= merge_iom):
-                    ri, rj = find(i), find(j)
-                    if ri != rj:
-                        parent[max(ri, rj)] = min(ri, rj)
+            for i, j in _tile_pair_matches(inst, ext, cls, by_tile[a], by_tile[b], tiles[a], tiles[b],
+                                           merge_iou, merge_iom):
+                sets.union(i, j)
+    return sets.groups()
 
-    groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(find(i), []).append(i)
-    out = []
-    for members in groups.values():
-        best = max(members, key=lambda k: (inst.scores[k], -k))
-        score = inst.scores[best]
-        whole = [k for k in members if not inst.cut[k]]
-        if whole or len(members) == 1:
-            k = max(whole, key=lambda k: (inst.scores[k], -k)) if whole else members[0]
-            out.append({"box": inst.boxes[k], "score": score, "class_id": inst.class_ids[k],
-                        "crop": inst.crops[k], "offset": (inst.extents[k][1], inst.extents[k][0])})
+
+def _tile_pair_matches(inst: _Instances, ext: np.ndarray, cls: np.ndarray | None, ia: np.ndarray, ib: np.ndarray,
+                       ta: tuple[int, int, int, int], tb: tuple[int, int, int, int], merge_iou: float,
+                       merge_iom: float | None) -> Iterator[tuple[int, int]]:
+    """Pairs ``(i, j)`` of instances of tile ``ta`` (indices ``ia``) and tile ``tb`` (``ib``) whose masks,
+    compared inside the region both tiles see, have IoU >= ``merge_iou`` or intersection over the
+    smaller area >= ``merge_iom``; same class unless ``cls`` is None (class-agnostic)."""
+    if not len(ia) or not len(ib):
+        return
+    shared = (max(ta[0], tb[0]), max(ta[1], tb[1]), min(ta[2], tb[2]), min(ta[3], tb[3]))
+    ea, eb = ext[ia], ext[ib]
+    # extents (clipped to the shared region) that intersect each other
+    x0 = np.maximum(np.maximum(ea[:, None, 0], eb[None, :, 0]), shared[0])
+    y0 = np.maximum(np.maximum(ea[:, None, 1], eb[None, :, 1]), shared[1])
+    x1 = np.minimum(np.minimum(ea[:, None, 2], eb[None, :, 2]), shared[2])
+    y1 = np.minimum(np.minimum(ea[:, None, 3], eb[None, :, 3]), shared[3])
+    cand = (x1 > x0) & (y1 > y0)
+    if cls is not None:
+        cand &= cls[ia][:, None] == cls[ib][None, :]
+    area_in_shared: dict[int, int] = {}  # instances of different tiles: one cache serves both sides
+
+    def area(k: int) -> int:
+        if k not in area_in_shared:
+            area_in_shared[k] = _area_in(inst.crops[k], inst.extents[k], shared)
+        return area_in_shared[k]
+
+    for u, v in zip(*(p.tolist() for p in np.nonzero(cand))):
+        i, j = int(ia[u]), int(ib[v])
+        ai, aj = area(i), area(j)
+        if ai == 0 or aj == 0:
             continue
-        boxes = np.stack([inst.boxes[k] for k in members])
-        box = np.array([boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()])
-        pieces = [k for k in members if inst.crops[k].size]
-        ex = np.asarray([inst.extents[k] for k in pieces], dtype=np.int64).reshape(-1, 4)
-        if len(pieces):
-            gx0, gy0, gx1, gy1 = int(ex[:, 0].min()), int(ex[:, 1].min()), int(ex[:, 2].max()), int(ex[:, 3].max())
-            crop = np.zeros((gy1 - gy0, gx1 - gx0), dtype=bool)
-            for k in pieces:
-                e = inst.extents[k]
-                crop[e[1] - gy0: e[3] - gy0, e[0] - gx0: e[2] - gx0] |= inst.crops[k]
-        else:
-            gx0 = gy0 = 0
-            crop = np.zeros((0, 0), dtype=bool)
-        out.append({"box": box, "score": score, "class_id": inst.class_ids[best], "crop": crop, "offset": (gy0, gx0)})
-    return out
+        window = (int(x0[u, v]), int(y0[u, v]), int(x1[u, v]), int(y1[u, v]))
+        inter = int(np.count_nonzero(_crop_in(inst, i, window) & _crop_in(inst, j, window)))
+        if inter == 0:
+            continue
+        if inter / (ai + aj - inter) >= merge_iou or (merge_iom is not None and inter / min(ai, aj) >= merge_iom):
+            yield i, j
+
+
+def _crop_in(inst: _Instances, k: int, window: tuple[int, int, int, int]) -> np.ndarray:
+    """Instance ``k``'s crop inside ``window`` ``(x0, y0, x1, y1)`` (image pixels, inside its extent): a view."""
+    e = inst.extents[k]
+    return inst.crops[k][window[1] - e[1]: window[3] - e[1], window[0] - e[0]: window[2] - e[0]]
+
+
+def _merge_group(inst: _Instances, members: list[int]) -> dict:
+    """One instance for a group: the best-scoring uncut member when there is one, else the union of
+    the cut pieces (boxes and masks); the score is the group's highest."""
+    best = max(members, key=lambda k: (inst.scores[k], -k))
+    score = inst.scores[best]
+    whole = [k for k in members if not inst.cut[k]]
+    if whole or len(members) == 1:
+        k = max(whole, key=lambda k: (inst.scores[k], -k)) if whole else members[0]
+        return {"box": inst.boxes[k], "score": score, "class_id": inst.class_ids[k],
+                "crop": inst.crops[k], "offset": (inst.extents[k][1], inst.extents[k][0])}
+    boxes = np.stack([inst.boxes[k] for k in members])
+    box = np.array([boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()])
+    pieces = [k for k in members if inst.crops[k].size]
+    if not pieces:
+        return {"box": box, "score": score, "class_id": inst.class_ids[best], "crop": np.zeros((0, 0), dtype=bool),
+                "offset": (0, 0)}
+    ex = np.asarray([inst.extents[k] for k in pieces], dtype=np.int64).reshape(-1, 4)
+    gx0, gy0, gx1, gy1 = int(ex[:, 0].min()), int(ex[:, 1].min()), int(ex[:, 2].max()), int(ex[:, 3].max())
+    crop = np.zeros((gy1 - gy0, gx1 - gx0), dtype=bool)
+    for k in pieces:
+        e = inst.extents[k]
+        crop[e[1] - gy0: e[3] - gy0, e[0] - gx0: e[2] - gx0] |= inst.crops[k]
+    return {"box": box, "score": score, "class_id": inst.class_ids[best], "crop": crop, "offset": (gy0, gx0)}
 
 
 def _finish_results(merged: list[dict], predictor: "Predictor", size: tuple[int, int], name: str | None,

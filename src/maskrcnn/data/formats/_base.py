@@ -23,7 +23,7 @@ from ..images import image_size
 from ..problems import SEVERITY, Severity, add_problem
 from ._shapes import Shape, polygon_area, rasterize, shape_bounds
 
-__all__ = ["AnnotationDataset", "read_json", "OUT_OF_BOUNDS_TOLERANCE"]
+__all__ = ["AnnotationDataset", "read_json", "declared_size", "OUT_OF_BOUNDS_TOLERANCE"]
 
 #: Vertices may lie this many pixels outside the image before ``out_of_bounds`` is reported.
 OUT_OF_BOUNDS_TOLERANCE = 1.0
@@ -43,6 +43,16 @@ def read_json(path: Path, what: str) -> Any:
         raise DataError(f"{path}: JSON nested too deeply to be a {what}; re-export the {what}") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+
+
+def declared_size(entry: dict[str, Any], height_key: str, width_key: str) -> tuple[int, int] | None:
+    """The ``(height, width)`` an annotation file declares for an image (``entry[height_key]``,
+    ``entry[width_key]``), or None when either is missing, not an integer or not positive."""
+    try:
+        h, w = int(entry[height_key]), int(entry[width_key])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+    return (h, w) if h > 0 and w > 0 else None
 
 
 def _where(image: str | None, instance: Any) -> str:

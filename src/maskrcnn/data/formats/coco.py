@@ -22,7 +22,7 @@ from typing import Any
 
 from ...errors import DataError
 from .. import rle as rle_codec
-from ._base import AnnotationDataset, _where, read_json
+from ._base import AnnotationDataset, _where, declared_size, read_json
 
 __all__ = ["CocoDataset"]
 
@@ -53,6 +53,22 @@ class CocoDataset(AnnotationDataset):
         """
         self.strict = strict
         file = Path(annotation_file)
+        data, categories, annotations = self._read_file(file)
+        cats = self._read_categories(categories, file)
+        wanted = self._add_categories(cats, class_ids, file)
+        images = self._read_images(data["images"], file)
+        paths = self._image_paths(images, self._image_roots(file, image_dir), file)
+        per_image = self._annotations_per_image(annotations, images, paths, cats, wanted, file)
+        for img_id, img in images.items():
+            anns = per_image[img_id]
+            if class_ids is not None and not anns:
+                continue
+            self._add_coco_image(img_id, img, paths[img_id], anns, file, verify_images)
+
+    # ----------------------------------------------------------------- loading steps
+    def _read_file(self, file: Path) -> tuple[dict[str, Any], list[Any], list[Any]]:
+        """The JSON with its ``categories`` and ``annotations`` lists (a file without annotations
+        is reported and read as background-only images)."""
         data = read_json(file, "COCO annotation file")
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
             raise DataError(f"{file}: not a COCO annotation file (no 'images' list); pass a COCO instances JSON")
@@ -66,8 +82,10 @@ class CocoDataset(AnnotationDataset):
             annotations = []
         if not isinstance(annotations, list):
             raise DataError(f"{file}: 'annotations' must be a list of annotation objects; fix the file")
+        return data, categories, annotations
 
-        cats = self._read_categories(categories, file)
+    def _add_categories(self, cats: dict[int, str], class_ids: list[int] | None, file: Path) -> set[int]:
+        """Add the selected categories (all without ``class_ids``) in id order; returns their ids."""
         if class_ids is not None:
             unknown = [c for c in class_ids if c not in cats]
             if unknown:
@@ -77,10 +95,12 @@ class CocoDataset(AnnotationDataset):
             wanted = sorted(cats)
         for cid in wanted:
             self.add_class(self.source, cid, cats[cid])
-        wanted_set = set(wanted)
+        return set(wanted)
 
+    def _read_images(self, entries: list[Any], file: Path) -> dict[Any, dict[str, Any]]:
+        """The usable ``images`` entries by id (invalid and repeated ones are reported and skipped)."""
         images: dict[Any, dict[str, Any]] = {}
-        for k, img in enumerate(data["images"]):
+        for k, img in enumerate(entries):
             if not isinstance(img, dict) or "id" not in img or not img.get("file_name"):
                 self.report("invalid_annotation", f"{file}: images[{k}] has no 'id' or 'file_name'; it is skipped",
                             instance=f"images[{k}]", file=file)
@@ -95,14 +115,21 @@ class CocoDataset(AnnotationDataset):
                             image=str(img["file_name"]), file=file)
                 continue
             images[img["id"]] = img
+        return images
 
-        roots = self._image_roots(file, image_dir)
+    def _image_paths(self, images: dict[Any, dict[str, Any]], roots: list[Path], file: Path) -> dict[Any, Path]:
+        """Each image's file (see the module docstring); a ``file_name`` leading outside its folder is reported."""
         paths = {i: self._resolve(roots, img["file_name"]) for i, img in images.items()}
         for i, img in images.items():
             if _escapes(img["file_name"]):
                 self.report("outside_root", f"{file}: image id {i}: file_name {img['file_name']!r} leads outside the "
                             f"folder it is relative to ({paths[i]}); it is read anyway: move the image into the dataset "
                             "or write its absolute path", image=str(paths[i]), file=file)
+        return paths
+
+    def _annotations_per_image(self, annotations: list[Any], images: dict[Any, dict[str, Any]], paths: dict[Any, Path],
+                               cats: dict[int, str], wanted: set[int], file: Path) -> dict[Any, list[dict[str, Any]]]:
+        """The valid annotations of the wanted categories by image id, each with its reference in ``_ref``."""
         per_image: dict[Any, list[dict[str, Any]]] = {i: [] for i in images}
         for k, ann in enumerate(annotations):
             if not isinstance(ann, dict):
@@ -128,28 +155,26 @@ class CocoDataset(AnnotationDataset):
                             "0 or 1, the annotation is skipped", image=image, instance=ref, file=file)
                 continue
             self._check_ignored_fields(ann, file=file, image=image, ref=ref)
-            if cat in wanted_set:
+            if cat in wanted:
                 per_image[image_id].append(dict(ann, _ref=ref))
+        return per_image
 
-        for img_id, img in images.items():
-            anns = per_image[img_id]
-            if class_ids is not None and not anns:
+    def _add_coco_image(self, img_id: Any, img: dict[str, Any], path: Path, anns: list[dict[str, Any]], file: Path,
+                        verify_images: bool) -> None:
+        """Register one image with its instances and crowd (ignore) regions, unless its size is unusable."""
+        size = self.find_image_size(path, declared_size(img, "height", "width"), file=file, verify=verify_images)
+        if size is None:
+            return
+        h, w = size
+        instances, ignore = [], []
+        for ann in anns:
+            shapes = self._shapes(ann, h, w, file=file, image=str(path))
+            if not shapes or not self.check_bounds(shapes, h, w, file=file, image=str(path), instance=ann["_ref"]):
                 continue
-            path = paths[img_id]
-            declared = _declared_size(img)
-            size = self.find_image_size(path, declared, file=file, verify=verify_images)
-            if size is None:
-                continue
-            h, w = size
-            instances, ignore = [], []
-            for ann in anns:
-                shapes = self._shapes(ann, h, w, file=file, image=str(path))
-                if not shapes or not self.check_bounds(shapes, h, w, file=file, image=str(path), instance=ann["_ref"]):
-                    continue
-                entry = {"class_id": ann["category_id"], "shapes": shapes, "ref": ann["_ref"]}
-                (ignore if ann.get("iscrowd") else instances).append(entry)
-            self.add_image(self.source, img_id, path, height=h, width=w, instances=instances, ignore=ignore,
-                           annotation_file=str(file))
+            entry = {"class_id": ann["category_id"], "shapes": shapes, "ref": ann["_ref"]}
+            (ignore if ann.get("iscrowd") else instances).append(entry)
+        self.add_image(self.source, img_id, path, height=h, width=w, instances=instances, ignore=ignore,
+                       annotation_file=str(file))
 
     # ----------------------------------------------------------------- helpers
     def _read_categories(self, categories: list[Any], file: Path) -> dict[int, str]:
@@ -245,11 +270,3 @@ def _escapes(file_name: str) -> bool:
     """A relative ``file_name`` whose ``..`` parts lead above the folder it is relative to."""
     name = file_name.replace("\\", "/")
     return not os.path.isabs(name) and os.path.normpath(name).split(os.sep)[0] == ".."
-
-
-def _declared_size(img: dict[str, Any]) -> tuple[int, int] | None:
-    try:
-        h, w = int(img["height"]), int(img["width"])
-    except (KeyError, TypeError, ValueError, OverflowError):
-        return None
-    return (h, w) if h > 0 and w > 0 else None

@@ -29,7 +29,7 @@ import numpy as np
 from ...errors import DataError
 from ..images import IMAGE_EXTENSIONS, decode_image
 from . import _shapes
-from ._base import AnnotationDataset, _where, read_json
+from ._base import AnnotationDataset, _where, declared_size, read_json
 
 __all__ = ["LabelMeDataset", "IGNORE_LABEL"]
 
@@ -60,6 +60,20 @@ class LabelMeDataset(AnnotationDataset):
         """
         self.strict = strict
         root = Path(path)
+        parsed = self._read_files(root)
+        if class_names is not None:
+            names = [str(n) for n in class_names]
+        else:
+            names = sorted({str(s.get("label")) for _, d in parsed for s in d["shapes"]
+                            if isinstance(s, dict) and s.get("label") not in (None, "", IGNORE_LABEL)})
+        self.register_classes(names)
+        index = {n: i + 1 for i, n in enumerate(names)}
+        for file, data in parsed:
+            self._add_labelme_image(root, file, data, names, index, verify_images)
+
+    # ----------------------------------------------------------------- loading steps
+    def _read_files(self, root: Path) -> list[tuple[Path, dict[str, Any]]]:
+        """``(file, content)`` of every LabelMe JSON under ``root`` (other JSON files are reported and skipped)."""
         if root.is_dir():
             files = sorted(p for p in root.rglob("*.json") if p.is_file())
         elif root.is_file():
@@ -79,54 +93,56 @@ class LabelMeDataset(AnnotationDataset):
             parsed.append((file, data))
         if not parsed:
             raise DataError(f"{root}: no LabelMe .json files (with 'shapes' and 'imagePath') found; check the folder")
+        return parsed
 
-        if class_names is not None:
-            names = [str(n) for n in class_names]
+    def _add_labelme_image(self, root: Path, file: Path, data: dict[str, Any], names: list[str], index: dict[str, int],
+                           verify_images: bool) -> None:
+        """Register the image of one LabelMe file with its instances and ignore regions."""
+        image_path, embedded = self._image_path(file, data)
+        declared = declared_size(data, "imageHeight", "imageWidth")
+        if embedded:
+            size = self._embedded_size(file, data, declared)
         else:
-            names = sorted({str(s.get("label")) for _, d in parsed for s in d["shapes"]
-                            if isinstance(s, dict) and s.get("label") not in (None, "", IGNORE_LABEL)})
-        self.register_classes(names)
-        index = {n: i + 1 for i, n in enumerate(names)}
+            size = self.find_image_size(image_path, declared, file=file, verify=verify_images)
+        if size is None:
+            return
+        groups = self._groups(file, data["shapes"], str(image_path), size, names, index)
+        instances = [g for g in groups if g["class_id"] is not None]
+        ignore = [g for g in groups if g["class_id"] is None]
+        self.add_image(self.source, str(file.relative_to(root) if root.is_dir() else file.name), image_path,
+                       height=size[0], width=size[1], instances=instances, ignore=ignore, annotation_file=str(file),
+                       embedded_in=str(file) if embedded else None)
 
-        for file, data in parsed:
-            image_path, embedded = self._image_path(file, data)
-            declared = _declared_size(data)
-            if embedded:
-                size = self._embedded_size(file, data, declared)
-            else:
-                size = self.find_image_size(image_path, declared, file=file, verify=verify_images)
-            if size is None:
+    def _groups(self, file: Path, shapes: list[Any], image: str, size: tuple[int, int], names: list[str],
+                index: dict[str, int]) -> list[dict[str, Any]]:
+        """The usable shapes joined into instances: one per ``(label, group_id)``, or per shape without
+        ``group_id``; ``class_id`` None for ignore regions."""
+        h, w = size
+        groups: dict[Any, dict[str, Any]] = {}
+        for k, s in enumerate(shapes):
+            ref = f"shape {k}"
+            shape = self._shape(s, file=file, image=image, ref=ref)
+            if shape is None:
                 continue
-            h, w = size
-            groups: dict[Any, dict[str, Any]] = {}
-            for k, s in enumerate(data["shapes"]):
-                ref = f"shape {k}"
-                shape = self._shape(s, file=file, image=str(image_path), ref=ref)
-                if shape is None:
-                    continue
-                label = str(s.get("label") or "")
-                if label != IGNORE_LABEL and label not in index:
-                    self.report("missing_class" if not label else "unknown_class",
-                                f"{file}: {_where(str(image_path), ref)}: label {label!r} is not one of {names}; "
-                                "the shape is skipped (add it to class_names or fix the label)",
-                                image=str(image_path), instance=ref, file=file)
-                    continue
-                if not self.check_bounds([shape], h, w, file=file, image=str(image_path), instance=ref):
-                    continue
-                gid = s.get("group_id")
-                if gid is not None and not isinstance(gid, (int, str)):
-                    self.report("invalid_annotation", f"{file}: {_where(str(image_path), ref)}: group_id {gid!r} is not an "
-                                "integer; the shape is skipped", image=str(image_path), instance=ref, file=file)
-                    continue
-                key = (label, gid) if gid is not None else ("", k)
-                if key not in groups:
-                    groups[key] = {"class_id": None if label == IGNORE_LABEL else index[label], "shapes": [], "ref": ref}
-                groups[key]["shapes"].append(shape)
-            instances = [g for g in groups.values() if g["class_id"] is not None]
-            ignore = [g for g in groups.values() if g["class_id"] is None]
-            self.add_image(self.source, str(file.relative_to(root) if root.is_dir() else file.name), image_path,
-                           height=h, width=w, instances=instances, ignore=ignore, annotation_file=str(file),
-                           embedded_in=str(file) if embedded else None)
+            label = str(s.get("label") or "")
+            if label != IGNORE_LABEL and label not in index:
+                self.report("missing_class" if not label else "unknown_class",
+                            f"{file}: {_where(image, ref)}: label {label!r} is not one of {names}; "
+                            "the shape is skipped (add it to class_names or fix the label)",
+                            image=image, instance=ref, file=file)
+                continue
+            if not self.check_bounds([shape], h, w, file=file, image=image, instance=ref):
+                continue
+            gid = s.get("group_id")
+            if gid is not None and not isinstance(gid, (int, str)):
+                self.report("invalid_annotation", f"{file}: {_where(image, ref)}: group_id {gid!r} is not an "
+                            "integer; the shape is skipped", image=image, instance=ref, file=file)
+                continue
+            key = (label, gid) if gid is not None else ("", k)
+            if key not in groups:
+                groups[key] = {"class_id": None if label == IGNORE_LABEL else index[label], "shapes": [], "ref": ref}
+            groups[key]["shapes"].append(shape)
+        return list(groups.values())
 
     def load_image(self, image_id: int) -> np.ndarray:
         """The image file, or the copy embedded in the JSON (``imageData``) when the file is missing."""
@@ -217,11 +233,3 @@ class LabelMeDataset(AnnotationDataset):
         self.report("unsupported_shape", f"{file}: {_where(image, ref)}: shape_type {kind!r} has no area (use polygon, rectangle, "
                     "circle or mask); it is skipped", image=image, instance=ref, file=file)
         return None
-
-
-def _declared_size(data: dict[str, Any]) -> tuple[int, int] | None:
-    try:
-        h, w = int(data["imageHeight"]), int(data["imageWidth"])
-    except (KeyError, TypeError, ValueError, OverflowError):
-        return None
-    return (h, w) if h > 0 and w > 0 else None

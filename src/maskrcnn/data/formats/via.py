@@ -64,8 +64,24 @@ class ViaDataset(AnnotationDataset):
         file = Path(annotation_file)
         entries, declared_options = _entries(read_json(file, "VIA annotation file"), file, class_attribute)
         root = Path(image_dir) if image_dir is not None else file.parent
+        parsed = self._parse_entries(entries, root, class_attribute, class_name, file)
+        if class_attribute is None:
+            names = [class_name]
+        elif class_names is not None:
+            names = [str(n) for n in class_names]
+        elif declared_options:
+            names = declared_options
+        else:
+            names = sorted({v for _, _, items in parsed for _, _, v in items})
+        self.register_classes(names)
+        for filename, path, items in parsed:
+            self._add_via_image(filename, path, items, names, file)
 
-        parsed = []  # (filename, path, [(ref, shape, class value)])
+    # ----------------------------------------------------------------- loading steps
+    def _parse_entries(self, entries: list[tuple[str, dict[str, Any]]], root: Path, class_attribute: str | None, class_name: str,
+                       file: Path) -> list[tuple[str, Path, list[tuple[str, dict[str, Any], Any]]]]:
+        """``(filename, path, [(region ref, shape, class value)])`` per usable entry, in file order."""
+        parsed = []
         seen: set[str] = set()
         for key, entry in entries:
             filename = entry.get("filename") or ""
@@ -78,16 +94,8 @@ class ViaDataset(AnnotationDataset):
                 continue
             seen.add(filename)
             path = root / filename.replace("\\", "/")
-            if "regions" not in entry:
-                self.report("invalid_annotation", f"{file}: {filename}: the entry has no 'regions'; the image is skipped "
-                            "(write \"regions\": [] for an image without objects)", image=str(path), file=file)
-                continue
-            regions = entry["regions"] or []
-            if isinstance(regions, dict):
-                regions = list(regions.values())
-            if not isinstance(regions, list):
-                self.report("invalid_annotation", f"{file}: {filename}: 'regions' is neither a list nor a dict; the image is skipped",
-                            image=str(path), file=file)
+            regions = self._regions(entry, filename, path, file)
+            if regions is None:
                 continue
             items = []
             for k, region in enumerate(regions):
@@ -100,36 +108,44 @@ class ViaDataset(AnnotationDataset):
                     continue
                 items.append((ref, shape, value))
             parsed.append((filename, path, items))
+        return parsed
 
-        if class_attribute is None:
-            names = [class_name]
-        elif class_names is not None:
-            names = [str(n) for n in class_names]
-        elif declared_options:
-            names = declared_options
-        else:
-            names = sorted({v for _, _, items in parsed for _, _, v in items})
-        self.register_classes(names)
+    def _regions(self, entry: dict[str, Any], filename: str, path: Path, file: Path) -> list[Any] | None:
+        """The entry's regions as a list (VIA 1.x stores a dict); None, reported, when unusable."""
+        if "regions" not in entry:
+            self.report("invalid_annotation", f"{file}: {filename}: the entry has no 'regions'; the image is skipped "
+                        "(write \"regions\": [] for an image without objects)", image=str(path), file=file)
+            return None
+        regions = entry["regions"] or []
+        if isinstance(regions, dict):
+            regions = list(regions.values())
+        if not isinstance(regions, list):
+            self.report("invalid_annotation", f"{file}: {filename}: 'regions' is neither a list nor a dict; the image is skipped",
+                        image=str(path), file=file)
+            return None
+        return regions
+
+    def _add_via_image(self, filename: str, path: Path, items: list[tuple[str, dict[str, Any], Any]], names: list[str],
+                       file: Path) -> None:
+        """Register one image with its regions of known classes that lie inside it."""
+        size = self.find_image_size(path, None, file=file)
+        if size is None:
+            return
+        h, w = size
         index = {n: i + 1 for i, n in enumerate(names)}
-
-        for filename, path, items in parsed:
-            size = self.find_image_size(path, None, file=file)
-            if size is None:
+        instances = []
+        for ref, shape, value in items:
+            cid = index.get(value)
+            if cid is None:
+                self.report("unknown_class", f"{file}: {_where(str(path), ref)}: class {value!r} is not one of {names}; "
+                            "the region is skipped (add it to class_names or fix the attribute)",
+                            image=str(path), instance=ref, file=file)
                 continue
-            h, w = size
-            instances = []
-            for ref, shape, value in items:
-                cid = index.get(value)
-                if cid is None:
-                    self.report("unknown_class", f"{file}: {_where(str(path), ref)}: class {value!r} is not one of {names}; "
-                                "the region is skipped (add it to class_names or fix the attribute)",
-                                image=str(path), instance=ref, file=file)
-                    continue
-                if not self.check_bounds([shape], h, w, file=file, image=str(path), instance=ref):
-                    continue
-                instances.append({"class_id": cid, "shapes": [shape], "ref": ref})
-            self.add_image(self.source, filename, path, height=h, width=w, instances=instances, ignore=[],
-                           annotation_file=str(file))
+            if not self.check_bounds([shape], h, w, file=file, image=str(path), instance=ref):
+                continue
+            instances.append({"class_id": cid, "shapes": [shape], "ref": ref})
+        self.add_image(self.source, filename, path, height=h, width=w, instances=instances, ignore=[],
+                       annotation_file=str(file))
 
     # ----------------------------------------------------------------- helpers
     def _shape(self, region: Any, *, file: Path, image: str, ref: str) -> dict[str, Any] | None:
