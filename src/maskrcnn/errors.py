@@ -20,6 +20,15 @@ class WeightsError(MaskRCNNError, ValueError):
     """A checkpoint cannot be loaded into the configured model."""
 
 
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """An exception's message in one line: the first non-blank line of ``str(exc)``, stripped;
+    ``default`` when there is none (None: the exception's type name)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__ if default is None else default
+
+
 # ---------------------------------------------------------------------------- OS errors about user paths
 
 #: errno -> what to do, for OS errors that are about a path the user chose (not bugs).

@@ -40,8 +40,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..config import Config
-from ..errors import MaskRCNNError
-from .augment import boxes_from_masks
+from ..errors import MaskRCNNError, first_line
 from .check_report import Finding, Report, Severity, sizes_by_count
 from .dataset import Dataset
 from .images import intensity_scale
@@ -131,9 +130,7 @@ def _progress(ids: list[int], enabled: bool) -> Iterable[int]:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    msg = text[0] if text else ""
-    return (msg or type(exc).__name__)[:200]
+    return first_line(exc)[:200]
 
 
 class _State:
@@ -241,6 +238,8 @@ class _State:
         return image
 
     def _check_instances(self, image_id: int, masks: np.ndarray, class_ids: np.ndarray, scale: float) -> None:
+        from .augment import boxes_from_masks  # torch: imported when the check runs, not with the module
+
         areas = masks.sum(axis=(0, 1))
         boxes = boxes_from_masks(np.moveaxis(masks, 2, 0)).astype(np.int64)  # [N, 4] xyxy; empty masks: 0
         x1, y1, x2, y2 = boxes.T
@@ -288,13 +287,14 @@ class _State:
     # -------------------------------------------------------------- resize
     def _record_resize(self, h: int, w: int) -> None:
         """Record the resize of an ``h x w`` image under the config."""
+        from .resize import padded_size
+
         scale, out_h, out_w = resize_geometry(h, w, self.cfg)
         self.scales.append(scale)
         mode, md = self.cfg.image_resize_mode, self.cfg.image_min_dim
-        if mode == "square":
-            self.pad_fraction.append(1 - out_h * out_w / float(self.cfg.image_max_dim ** 2))
-        elif mode == "pad64":
-            self.pad_fraction.append(1 - out_h * out_w / float(_ceil_to(out_h, 64) * _ceil_to(out_w, 64)))
+        if mode in ("square", "pad64"):
+            ph, pw = padded_size(mode, (out_h, out_w), self.cfg.image_max_dim)
+            self.pad_fraction.append(1 - out_h * out_w / float(ph * pw))
         elif mode == "crop":
             self.crop_cover.append(min(1.0, md * md / float(out_h * out_w)))
 
@@ -462,10 +462,6 @@ class _State:
 
 
 # ---------------------------------------------------------------------------- resize geometry
-
-
-def _ceil_to(x: int, m: int) -> int:
-    return int(math.ceil(x / m) * m)
 
 
 def resize_geometry(height: int, width: int, config: Config) -> tuple[float, int, int]:

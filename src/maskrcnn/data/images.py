@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError, MaskRCNNError
+from ..errors import DataError, MaskRCNNError, first_line
 from .headers import PNG_MAGIC, check_png, png_header, webp_size
 from .tiff import tiff_channel_axis, tiff_hwc, tiff_orientation, tiff_squeeze
 
@@ -467,7 +467,7 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _reason(exc: BaseException) -> str:
-    text = (str(exc).splitlines() or [""])[0].strip()
+    text = first_line(exc, "")
     low = text.lower()
     if isinstance(exc, UnidentifiedImageError) or "cannot identify image" in low:
         return "not an image or an unsupported format"

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..errors import DataError
+from ..errors import DataError, first_line
 from ..structures import Batch
 from .augment import Augmentation, Sample, boxes_from_masks, build_augmentation
 from .dataset import Dataset
@@ -152,7 +152,7 @@ class TrainingDataset(torch.utils.data.Dataset):
         except DataError as exc:
             if not self.skip_errors:
                 raise
-            return SkippedSample(index, image_id, self._reference(image_id), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return SkippedSample(index, image_id, self._reference(image_id), first_line(exc))
 
     def _reference(self, image_id: int) -> str:
         try:

@@ -60,6 +60,7 @@ __all__ = [
     "RESIZE_MODES",
     "MAX_RESIZED_SIDE",
     "ResizeInfo",
+    "padded_size",
     "plan_resize",
     "resize_image",
     "resample_masks",
@@ -346,6 +347,18 @@ def _crop_masks(masks: np.ndarray | torch.Tensor, original: tuple[int, int], sca
     return out
 
 
+def padded_size(mode: str, scaled: tuple[int, int], max_dim: int) -> tuple[int, int]:
+    """The ``(H, W)`` a mode pads a scaled image of size ``scaled`` ``(h, w)`` to: ``max_dim`` square
+    (``square``), each side rounded up to a multiple of 64 (``pad64``), else ``scaled`` (``crop``'s
+    output is its crop, see :func:`plan_resize`)."""
+    sh, sw = scaled
+    if mode == "square":
+        return max_dim, max_dim
+    if mode == "pad64":
+        return math.ceil(sh / 64) * 64, math.ceil(sw / 64) * 64
+    return sh, sw
+
+
 def plan_resize(
     height: int,
     width: int,
@@ -378,16 +391,11 @@ def plan_resize(
                         "minmax or square for images of this aspect ratio, or crop the image")
     padding = ((0, 0), (0, 0))
     crop = None
-    out_size = (sh, sw)
-    if mode == "square":
-        top, left = (max_dim - sh) // 2, (max_dim - sw) // 2
-        padding = ((top, max_dim - sh - top), (left, max_dim - sw - left))
-        out_size = (max_dim, max_dim)
-    elif mode == "pad64":
-        ph, pw = math.ceil(sh / 64) * 64, math.ceil(sw / 64) * 64
+    out_size = padded_size(mode, (sh, sw), max_dim)
+    if mode in ("square", "pad64"):
+        ph, pw = out_size
         top, left = (ph - sh) // 2, (pw - sw) // 2
         padding = ((top, ph - sh - top), (left, pw - sw - left))
-        out_size = (ph, pw)
     elif mode == "crop":
         if rng is None:
             raise ValueError("resize mode 'crop' needs rng (a numpy Generator) for the crop position")

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
+from ..errors import first_line
 from ..utils.files import atomic_write, atomic_write_text
 
 __all__ = [
@@ -125,7 +126,7 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError (not an OSError)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise ValueError(f"unreadable safetensors file ({reason})") from None
 
 

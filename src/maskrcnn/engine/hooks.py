@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..errors import first_line
 from . import distributed as du
 from . import state as run_state
 from .loader import build_loader, class_statistics
@@ -328,7 +329,7 @@ class ValidationHook(HookBase):
                 try:
                     metrics = {k: float(v) for k, v in (t.evaluate_fn(t.module, t.val_source) or {}).items()}
                 except Exception as exc:  # noqa: BLE001 - a failed evaluation must not end a long run
-                    first = str(exc).splitlines()[0] if str(exc) else ""
+                    first = first_line(exc, "")
                     t.log.event("evaluation_failed", f"evaluation after epoch {t.current_epoch + 1} failed "
                                 f"({type(exc).__name__}: {first}); continuing with validation losses")
             record.update(du.broadcast_object(metrics) or {})  # type: ignore[arg-type]

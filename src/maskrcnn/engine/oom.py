@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from ..errors import MaskRCNNError
+from ..errors import MaskRCNNError, first_line
 
 __all__ = ["MicroBatchSplit", "is_oom", "free_memory", "chunk_bounds", "chunk_weights", "run_with_oom_fallback",
            "OOM_ADVICE"]
@@ -123,7 +123,7 @@ def run_with_oom_fallback(
         except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled, others re-raised
             if not is_oom(exc):
                 raise
-            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "out of memory")
+            first = first_line(exc, "out of memory")
             old = batch_images if size is None else min(size, batch_images)
             if distributed:
                 raise MaskRCNNError(f"out of memory in a training step with {old} image(s) per forward pass on one "

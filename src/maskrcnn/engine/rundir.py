@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import MaskRCNNError
+from ..errors import MaskRCNNError, first_line
 from ..utils.files import atomic_write_text
 
 __all__ = [
@@ -162,7 +162,7 @@ def run_config(run_dir: str | Path) -> tuple[Any, str | None]:
     try:
         return Config.from_yaml(path), None
     except (MaskRCNNError, OSError, UnicodeDecodeError, ValueError) as exc:
-        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        problem = first_line(exc)
         if not path.is_file():
             problem = f"{path}: missing"
         elif not problem.startswith(str(path)):

@@ -41,7 +41,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from ..data.images import iter_image_files
-from ..errors import DataError, MaskRCNNError
+from ..errors import DataError, MaskRCNNError, first_line
 from .results import Detections
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def iter_video(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
     except MaskRCNNError:
         raise
     except Exception as exc:  # imageio and its backends raise OSError, ValueError, IndexError, RuntimeError ...
-        text = (str(exc).splitlines() or [""])[0]
+        text = first_line(exc, "")
         if i == 0 and ("backend" in text or "plugin" in text):
             raise DataError(f"{path}: no video reader installed (pip install 'maskrcnn[video]'); "
                             "or extract the frames to a folder and stream the folder") from None

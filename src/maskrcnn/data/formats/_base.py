@@ -208,26 +208,23 @@ class AnnotationDataset(Dataset):
 
     def load_mask(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Instance masks ``[H, W, N]`` bool and internal class ids ``[N]`` int32, rasterised now."""
-        info = self.image_info[image_id]
-        h, w = int(info["height"]), int(info["width"])
-        instances = info.get("instances", [])
-        masks = np.zeros((h, w, len(instances)), dtype=bool)
-        class_ids = np.zeros((len(instances),), dtype=np.int32)
-        for i, inst in enumerate(instances):
-            masks[:, :, i] = rasterize(inst["shapes"], h, w)
-            class_ids[i] = self._internal_class_id(inst["class_id"])
-        return masks, class_ids
+        return self._rasterize_entries(image_id, "instances")
 
     def load_ignore_instances(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Ignore (crowd) regions one by one: ``[H, W, M]`` bool and internal class ids ``[M]`` (0: every class)."""
+        return self._rasterize_entries(image_id, "ignore")
+
+    def _rasterize_entries(self, image_id: int, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """The entries ``image_info[image_id][key]`` as masks ``[H, W, N]`` bool (each the union of its
+        shapes) and internal class ids ``[N]`` int32 (0 for ``class_id`` None)."""
         info = self.image_info[image_id]
         h, w = int(info["height"]), int(info["width"])
-        regions = info.get("ignore", [])
-        masks = np.zeros((h, w, len(regions)), dtype=bool)
-        class_ids = np.zeros((len(regions),), dtype=np.int32)
-        for i, reg in enumerate(regions):
-            masks[:, :, i] = rasterize(reg["shapes"], h, w)
-            class_ids[i] = 0 if reg.get("class_id") is None else self._internal_class_id(reg["class_id"])
+        entries = info.get(key, [])
+        masks = np.zeros((h, w, len(entries)), dtype=bool)
+        class_ids = np.zeros((len(entries),), dtype=np.int32)
+        for i, entry in enumerate(entries):
+            masks[:, :, i] = rasterize(entry["shapes"], h, w)
+            class_ids[i] = 0 if entry.get("class_id") is None else self._internal_class_id(entry["class_id"])
         return masks, class_ids
 
     def load_ignore_mask(self, image_id: int) -> np.ndarray | None:

@@ -32,7 +32,7 @@ import os
 from pathlib import Path
 import numpy as np
 
-from ...errors import DataError
+from ...errors import DataError, first_line
 from ..images import image_size, iter_image_files, read_binary_mask, read_label_image
 from ._base import AnnotationDataset
 
@@ -224,7 +224,7 @@ class LabelImageDataset(AnnotationDataset):
             data = json.loads(path.read_text(encoding="utf-8"))
             return {int(k): str(v) for k, v in data.items()}
         except (OSError, ValueError, AttributeError, TypeError, RecursionError) as exc:
-            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else first_line(exc)
             self.report("invalid_annotation", f"{path}: not a {{\"<value>\": \"<class>\"}} JSON ({reason}); it is ignored "
                         "(fix it or delete it)", image=image, file=path)
             return None

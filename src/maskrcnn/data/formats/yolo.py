@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from ...errors import DataError
+from ...errors import DataError, first_line
 from ..images import iter_image_files
 from ._base import AnnotationDataset
 
@@ -192,7 +192,7 @@ def _root_and_names(path: Path) -> tuple[Path, list[str] | None]:
     try:
         data = yaml.safe_load(yaml_file.read_text(encoding="utf-8"))
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{yaml_file}: not valid YAML ({str(exc).splitlines()[0]}); fix it or remove it") from None
+        raise DataError(f"{yaml_file}: not valid YAML ({first_line(exc)}); fix it or remove it") from None
     if isinstance(data, dict) and isinstance(data.get("path"), str) and path.is_file():
         p = Path(data["path"])
         root = p if p.is_absolute() else (yaml_file.parent / p)
