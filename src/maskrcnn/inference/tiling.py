@@ -107,17 +107,12 @@ class TileSource:
             self.nbytes = int(np.prod(array.shape)) * array.dtype.itemsize
 
     def read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-        from ..data.images import PIL_RGB_MODES as _PIL_TO_RGB, normalize_pixels as _finish
+        from ..data.images import normalize_pixels, pil_image_to_array
 
         if self.pil is not None:
-            im = self.pil.crop((x0, y0, x1, y1))
-            if im.mode in _PIL_TO_RGB:
-                im = im.convert("RGB")
-            elif im.mode == "1":
-                im = im.convert("L")
-            return _finish(np.asarray(im), self.name)
+            return pil_image_to_array(self.pil.crop((x0, y0, x1, y1)), self.name)
         tile = self.array[y0:y1, x0:x1]
-        return _finish(np.asarray(tile), self.name) if self._normalise else tile
+        return normalize_pixels(np.asarray(tile), self.name) if self._normalise else tile
 
     def close(self) -> None:
         if self.pil is not None and self._owned:
