@@ -14,7 +14,7 @@ import torch
 from _bad_input import assert_clean_error, run_cli
 from maskrcnn import cli
 from maskrcnn.commands import args as A
-from maskrcnn.errors import DataError
+from maskrcnn.errors import DataError, first_line
 
 DETECT = ["detect", "img.png", "--weights", "w.pth", "--out", "o"]
 TRAIN = ["train", "--config", "shapes_demo", "--data", "shapes:2"]
@@ -197,3 +197,14 @@ def test_multi_line_user_errors_print_one_line(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(command, "run", run)
     result = run_cli("config")
     assert result.err == "error: images/a.png: unreadable; (truncated file)\n"
+
+
+@pytest.mark.parametrize("exc,default,expected", [
+    (ValueError("\n  images/a.png: truncated file  \n  (more detail)"), None, "images/a.png: truncated file"),
+    (OSError(), None, "OSError"),
+    (RuntimeError(" \n\t"), "out of memory", "out of memory"),
+    (KeyError("height"), "", "'height'"),
+])
+def test_first_line_is_the_first_non_blank_line_or_the_default(exc: BaseException, default: str | None,
+                                                               expected: str) -> None:
+    assert first_line(exc, default) == expected
