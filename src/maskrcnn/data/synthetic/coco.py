@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .. import rle as rle_codec
+from .instances import filled_ellipse
 
 __all__ = ["synthetic_coco"]
 
@@ -32,7 +33,7 @@ def _shape_mask(rng: np.random.Generator, h: int, w: int, max_side: int) -> tupl
     else:
         yy, xx = np.mgrid[0:h, 0:w]
         cy, cx, ry, rx = y1 + bh / 2, x1 + bw / 2, bh / 2, bw / 2
-        mask = ((yy + 0.5 - cy) / ry) ** 2 + ((xx + 0.5 - cx) / rx) ** 2 <= 1.0
+        mask = filled_ellipse(yy, xx, cy, cx, ry, rx)
         kind = "ellipse"
     return mask, kind, (x1, y1, x1 + bw, y1 + bh)
 

@@ -14,7 +14,13 @@ import numpy as np
 
 from ..dataset import Dataset
 
-__all__ = ["SyntheticInstances"]
+__all__ = ["SyntheticInstances", "filled_ellipse"]
+
+
+def filled_ellipse(rows: np.ndarray, cols: np.ndarray, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+    """Whether each pixel (``rows``, ``cols``: integer grids, pixel centres at +0.5) lies in the
+    axis-aligned ellipse of centre ``(cy, cx)`` and radii ``(ry, rx)`` in pixel-edge coordinates."""
+    return ((rows + 0.5 - cy) / ry) ** 2 + ((cols + 0.5 - cx) / rx) ** 2 <= 1.0
 
 
 class SyntheticInstances(Dataset):
@@ -74,6 +80,6 @@ class SyntheticInstances(Dataset):
                 masks[y0:y1, x0:x1, i] = True
             else:
                 r, c = np.mgrid[y0:y1, x0:x1]
-                masks[y0:y1, x0:x1, i] = ((r + 0.5 - cy) / (sh / 2)) ** 2 + ((c + 0.5 - cx) / (sw / 2)) ** 2 <= 1.0
+                masks[y0:y1, x0:x1, i] = filled_ellipse(r, c, cy, cx, sh / 2, sw / 2)
         return masks, spec[:, 5].astype(np.int32)
 
