@@ -1,7 +1,10 @@
 """Weights: named downloads, torchvision state dicts and our own checkpoints.
 
-* Named weights ``"coco"`` (torchvision ``maskrcnn_resnet50_fpn``, 37.9 box / 34.6 mask AP) and
-  ``"coco-v2"`` (``maskrcnn_resnet50_fpn_v2``, 47.4 / 41.8) are downloaded once into the cache
+* Named weights ``"coco"`` (torchvision ``maskrcnn_resnet50_fpn``, 37.9 box / 34.6 mask AP),
+  ``"coco-v2"`` (``maskrcnn_resnet50_fpn_v2``, 47.4 / 41.8) and ``"imagenet"`` (torchvision's
+  ImageNet ResNet-50 or -101 classifier, ``IMAGENET1K_V1``, the one torchvision's Mask R-CNN
+  starts from; the depth follows ``Config.backbone``; ``imagenet-resnet50``/``-resnet101`` name
+  one) are downloaded once into the cache
   (``$MASKRCNN_CACHE`` or ``~/.cache/maskrcnn``), checked against the SHA-256 prefix in their file
   name, and loaded. torchvision's own cache is used when the file is already there. Offline, the
   error says which file to put where.
@@ -9,6 +12,10 @@
   arbitrary unpickling. Legacy key names of the 2019 v1 file are accepted. A v1 file gets frozen
   BatchNorm ``eps = 0`` (torchvision's convention for it, inherited by models fine-tuned from it)
   unless ``frozen_bn_eps`` is given.
+* Backbone-only state dicts (``imagenet``, a torchvision ``resnet*.pth`` with keys ``conv1.weight``,
+  ``layer1.0...``, or keys prefixed ``backbone.body.``) load into the ResNet body only, for training
+  (``train --weights``): the FPN, RPN and heads start as when training from scratch, as
+  Matterport's ``--weights=imagenet`` does.
 * Our checkpoints are safetensors: one ``.safetensors`` file whose metadata holds the config YAML,
   or a folder with ``model.safetensors`` and ``config.yaml``.
 """
@@ -40,7 +47,7 @@ __all__ = [
     "NAMED_WEIGHTS", "COCO_CLASSES", "resolve_named", "cache_dir", "download",
     "read_state_dict", "convert_torchvision", "config_from_state_dict", "load_into",
     "save_checkpoint", "load_checkpoint", "is_checkpoint", "check_weights_file", "check_finite",
-    "ResolvedWeights", "resolve_weights",
+    "ResolvedWeights", "resolve_weights", "backbone_state_dict", "imagenet_name", "IMAGENET",
 ]
 
 
@@ -48,7 +55,8 @@ __all__ = [
 class NamedWeights:
     file: str
     url: str
-    architecture: str
+    architecture: str | None  # None: a backbone only (an ImageNet classifier)
+    backbone: str = "resnet50"
 
 
 NAMED_WEIGHTS: dict[str, NamedWeights] = {
@@ -56,7 +64,13 @@ NAMED_WEIGHTS: dict[str, NamedWeights] = {
                          "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth", "v1"),
     "coco-v2": NamedWeights("maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
                             "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth", "v2"),
+    "imagenet-resnet50": NamedWeights("resnet50-0676ba61.pth", "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+                                      None, "resnet50"),
+    "imagenet-resnet101": NamedWeights("resnet101-63fe2227.pth",
+                                       "https://download.pytorch.org/models/resnet101-63fe2227.pth", None, "resnet101"),
 }
+#: ``"imagenet"`` picks one of these by ``Config.backbone``.
+IMAGENET = "imagenet"
 
 #: COCO category names in torchvision's 91-class order (index 0 background, "N/A" for unused ids).
 COCO_CLASSES: list[str] = [
@@ -140,11 +154,21 @@ def download(url: str, file: str, *, progress: bool = True) -> Path:
     return target
 
 
+def imagenet_name(backbone: str | None) -> str:
+    """The named ImageNet weights of a backbone depth (``"imagenet-resnet50"``), or a one-line error."""
+    name = f"{IMAGENET}-{backbone or 'resnet50'}"
+    if name not in NAMED_WEIGHTS:
+        depths = ", ".join(k.split("-", 1)[1] for k in NAMED_WEIGHTS if k.startswith(IMAGENET + "-"))
+        raise WeightsError(f"--weights imagenet: torchvision publishes ImageNet weights here for {depths}, not "
+                           f"{backbone}; set backbone: resnet50 (or resnet101), or pass a backbone .pth file")
+    return name
+
+
 def resolve_named(name: str, *, progress: bool = True) -> tuple[Path, NamedWeights]:
     try:
         entry = NAMED_WEIGHTS[name]
     except KeyError:
-        raise WeightsError(f"unknown weights name {name!r}; use one of {', '.join(NAMED_WEIGHTS)}, "
+        raise WeightsError(f"unknown weights name {name!r}; use one of {', '.join(NAMED_WEIGHTS)}, {IMAGENET}, "
                            "a checkpoint (.safetensors or folder) or a torchvision .pth file") from None
     path = download(entry.url, entry.file, progress=progress)
     prefix = _expected_prefix(entry.file)
@@ -163,7 +187,8 @@ _LEGACY = [
 ]
 
 
-_WEIGHTS_KINDS = "'coco', 'coco-v2', one of our checkpoints (.safetensors or folder) or a torchvision .pth state dict"
+_WEIGHTS_KINDS = ("'coco', 'coco-v2', 'imagenet', one of our checkpoints (.safetensors or folder) or a torchvision "
+                  ".pth state dict")
 
 
 def check_weights_file(path: str | Path) -> Path:
@@ -280,6 +305,29 @@ def convert_torchvision(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+_HEAD_PREFIXES = ("rpn.", "roi_heads.")
+
+
+def backbone_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """``sd`` under our key names when it holds a backbone only, else None.
+
+    Accepted: a torchvision ResNet classifier (``conv1.weight``, ``layer1.0.conv1.weight``, ...;
+    its ``fc.*`` classifier is dropped), our ``body.*`` / ``backbone.body.*`` keys (optionally with
+    ``backbone.fpn.*``). A state dict with RPN or head keys is a whole model: None.
+    """
+    if any(k.startswith(_HEAD_PREFIXES) for k in sd):
+        return None
+    if "conv1.weight" in sd and any(k.startswith("layer1.") for k in sd):
+        out = {f"backbone.body.{k}": v for k, v in sd.items() if not k.startswith("fc.")}
+    elif all(k.startswith("body.") for k in sd):
+        out = {f"backbone.{k}": v for k, v in sd.items()}
+    else:
+        out = dict(sd)
+    if "backbone.body.conv1.weight" not in out or not all(k.startswith("backbone.") for k in out):
+        return None
+    return out
+
+
 def _depth_from_keys(sd: dict[str, Tensor]) -> str:
     blocks3 = {int(m.group(1)) for k in sd if (m := re.match(r"backbone\.body\.layer3\.(\d+)\.", k))}
     bottleneck = any(k.startswith("backbone.body.layer1.0.conv3.") for k in sd)
@@ -345,12 +393,14 @@ def adapt_conv1(weight: Tensor, channels: int) -> Tensor:
 
 
 def load_into(model: nn.Module, sd: dict[str, Tensor], *, source: str, reinit_classes: bool,
-              log: Any = print) -> None:
+              log: Any = print, backbone_only: bool = False) -> None:
     """Load ``sd`` into ``model``, adapting what can be adapted and naming what cannot.
 
     * class-dependent layers of another class count are re-initialised when ``reinit_classes``
       (fine-tuning; Matterport's ``exclude``), otherwise a :class:`WeightsError`;
     * ``conv1`` of another input channel count is adapted from the RGB filters;
+    * ``backbone_only``: ``sd`` holds the ResNet body (:func:`backbone_state_dict`); every other
+      part keeps the model's own initialisation, and only missing body keys are errors;
     * any other shape mismatch or missing key is a :class:`WeightsError` naming the first one.
     """
     own = model.state_dict()
@@ -385,6 +435,11 @@ def load_into(model: nn.Module, sd: dict[str, Tensor], *, source: str, reinit_cl
         raise WeightsError(f"{source}: cannot load the weights into the model ({_first_line(exc)}); "
                            "use weights saved from this architecture") from None
     missing = [k for k in missing if k not in dropped]
+    if backbone_only:
+        missing = [k for k in missing if k.startswith("backbone.body.") and not k.endswith("num_batches_tracked")]
+        if not missing:
+            log(f"{source}: loaded the ResNet body ({len(sd)} tensors); the FPN, RPN and heads start from their "
+                "initialisation, as when training from scratch")
     if unexpected:
         raise WeightsError(f"{source}: unexpected key {unexpected[0]!r} ({len(unexpected)} in all); "
                            "the checkpoint is for another architecture (v1/v2) or backbone depth")
@@ -511,12 +566,15 @@ class ResolvedWeights:
             for a v1 file: torchvision's convention is 0, see :func:`v1_frozen_bn_eps`).
         source: the spec as given, for messages.
         config: a checkpoint's own config (None for a state dict).
+        backbone_only: the tensors are a ResNet body only (``backbone.body.*``; ImageNet weights):
+            load them with ``load_into(..., backbone_only=True)``; they cannot detect.
     """
 
     state_dict: dict[str, Tensor]
     implied: dict[str, Any]
     source: str
     config: Config | None = None
+    backbone_only: bool = False
 
     @property
     def frozen_bn_eps(self) -> float | None:
@@ -536,18 +594,25 @@ class ResolvedWeights:
         return config
 
 
-def resolve_weights(spec: str | os.PathLike[str], *, progress: bool = True) -> ResolvedWeights:
-    """Read the weights ``spec`` names: ``"coco"``/``"coco-v2"`` (downloaded once, hash-checked),
-    one of our checkpoints (``.safetensors`` with a config, or a folder), or a state-dict file.
+def resolve_weights(spec: str | os.PathLike[str], *, progress: bool = True, backbone: str | None = None,
+                    allow_backbone_only: bool = False) -> ResolvedWeights:
+    """Read the weights ``spec`` names: ``"coco"``/``"coco-v2"``/``"imagenet"`` (downloaded once,
+    hash-checked), one of our checkpoints (``.safetensors`` with a config, or a folder), or a
+    state-dict file.
 
     The one place that turns a weights spec into tensors and config values (``maskrcnn.load``,
-    ``maskrcnn train --weights``). Every problem is a one-line :class:`WeightsError` naming the
-    file and the fix.
+    ``maskrcnn train --weights``). ``"imagenet"`` is the ImageNet ResNet of depth ``backbone``
+    (default resnet50). Backbone-only weights (``imagenet``, a ResNet classifier ``.pth``) are
+    accepted only with ``allow_backbone_only`` (training starts from them; detecting cannot).
+    Every problem is a one-line :class:`WeightsError` naming the file and the fix.
     """
     source = str(spec)
-    if source in NAMED_WEIGHTS:
-        path, _ = resolve_named(source, progress=progress)
+    name = imagenet_name(backbone) if source == IMAGENET else source
+    if name in NAMED_WEIGHTS:
+        path, entry = resolve_named(name, progress=progress)
         sd = convert_torchvision(read_state_dict(path))
+        if entry.architecture is None:
+            return _backbone_weights(sd, source, allow_backbone_only)
         implied = _implied_by(sd, source)
         if implied["architecture"] == "v1":
             implied["frozen_bn_eps"] = 0.0  # torchvision's COCO file
@@ -555,11 +620,32 @@ def resolve_weights(spec: str | os.PathLike[str], *, progress: bool = True) -> R
     if is_checkpoint(spec):
         config, sd = load_checkpoint(spec)
         return ResolvedWeights(sd, config.model_dump(), source, config)
-    sd = convert_torchvision(read_state_dict(spec))
+    sd = read_state_dict(spec)
+    if backbone_state_dict(sd) is not None:
+        return _backbone_weights(sd, source, allow_backbone_only)
+    sd = convert_torchvision(sd)
     implied = _implied_by(sd, source)
     if implied["architecture"] == "v1":
         implied["frozen_bn_eps"] = v1_frozen_bn_eps(sd)
     return ResolvedWeights(sd, implied, source)
+
+
+def _backbone_weights(sd: dict[str, Tensor], source: str, allowed: bool) -> ResolvedWeights:
+    """A backbone-only state dict as :class:`ResolvedWeights` (it implies the depth and stem width)."""
+    body = backbone_state_dict(sd)
+    if body is None:
+        raise WeightsError(f"{source}: not a ResNet backbone state dict (no conv1.weight / layer1.* keys); pass "
+                           "torchvision ResNet weights")
+    if not allowed:
+        raise WeightsError(f"{source}: holds a backbone only (ImageNet classifier weights), which cannot detect; "
+                           f"train from it with maskrcnn train --weights {source}")
+    try:
+        implied: dict[str, Any] = {"backbone": _depth_from_keys(body),
+                                   "backbone_width": int(body["backbone.body.conv1.weight"].shape[0]),
+                                   "frozen_bn_eps": 1e-5}  # an ImageNet classifier's plain BatchNorm
+    except (WeightsError, IndexError) as exc:
+        raise WeightsError(f"{source}: {exc}") from None
+    return ResolvedWeights(body, implied, source, backbone_only=True)
 
 
 def _implied_by(sd: dict[str, Tensor], source: str) -> dict[str, Any]:

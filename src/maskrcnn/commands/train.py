@@ -45,8 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--val-data", help="validation dataset (same kinds as --data; with --resume: the run's)")
     p.add_argument("--format", "-f", default=None, help="annotation format of --data/--val-data (default: detected)")
     p.add_argument("--weights", "-w", metavar="W",
-                   help="start from these weights: coco, coco-v2, one of our checkpoints or a torchvision .pth "
-                        "(class layers of another class count are re-initialised); ignored with --resume")
+                   help="start from these weights: coco, coco-v2, imagenet (the ResNet body only, of --set backbone), one "
+                        "of our checkpoints, a torchvision Mask R-CNN .pth or a ResNet backbone .pth (class layers of "
+                        "another class count are re-initialised); ignored with --resume")
     p.add_argument("--resume", metavar="RUN_DIR|auto", help="continue a run with nothing else: its directory, or 'auto' for "
                                                           "the latest run in --out (of --config's name when given)")
     p.add_argument("--out", "-o", default="runs", metavar="RUNS_DIR", help="folder of run directories (default: runs)")
@@ -230,15 +231,18 @@ def pretrained_model(config: Any, spec: str) -> tuple[Any, Any]:
 
     The architecture and backbone must match the weights; ``frozen_bn_eps`` follows the weights'
     convention when the config leaves it unset; class layers of another class count and ``conv1``
-    of another channel count are adapted by :func:`maskrcnn.weights.load_into`.
+    of another channel count are adapted by :func:`maskrcnn.weights.load_into`. Backbone-only
+    weights (``imagenet``: the ImageNet ResNet of ``config.backbone``; a ResNet ``.pth``) fill the
+    ResNet body; everything else starts as when training from scratch.
     """
     from .. import weights as W
     from ..modeling import build_model
 
-    resolved = W.resolve_weights(spec)
-    config = resolved.fit(config, ("architecture", "backbone"))
+    resolved = W.resolve_weights(spec, backbone=config.backbone, allow_backbone_only=True)
+    config = resolved.fit(config, ("backbone", "backbone_width") if resolved.backbone_only else ("architecture", "backbone"))
     model = build_model(config)
-    W.load_into(model, resolved.state_dict, source=f"--weights {spec}", reinit_classes=True, log=lambda m: print(m, file=sys.stderr))
+    W.load_into(model, resolved.state_dict, source=f"--weights {spec}", reinit_classes=True,
+                log=lambda m: print(m, file=sys.stderr), backbone_only=resolved.backbone_only)
     return config, model
 
 
