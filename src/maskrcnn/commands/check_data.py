@@ -23,10 +23,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="lint a dataset before training (unreadable images, bad masks, classes, sizes, anchors)",
         description="Check a dataset against a config before training. Exit status 1 when there are errors.",
     )
-    p.add_argument("dataset", help="annotation file or dataset folder (COCO/VIA JSON, LabelMe, mask folders, YOLO)")
+    p.add_argument("dataset", help="annotation file or dataset folder (COCO/VIA JSON, LabelMe, mask folders, YOLO, TFRecords)")
     p.add_argument("--config", "-c", help="YAML config to check against (default: the defaults with the dataset's classes)")
     p.add_argument("--format", "-f", default=None,
-                   help="coco, via, labelme, instance-masks, label-images or yolo (default: detected from the path)")
+                   help="coco, via, labelme, instance-masks, label-images, yolo or tfrecord (default: detected from the path)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--max-per-kind", type=positive_int, default=10, metavar="N",
                    help="findings listed per kind in the text report (default 10)")

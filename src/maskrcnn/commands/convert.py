@@ -9,6 +9,7 @@ and on stderr what it skipped or repaired (counts by kind and the first few; ``c
 lists them all): images it could not use, annotations it could not read, instances with an
 empty mask or an undeclared class (none of these is written).
 
+Images stored inside the annotations (TFRecords) are written to ``FILE_images/`` next to the JSON.
 Loader options are ``--option KEY=VALUE`` with YAML values, e.g.
 ``--option class_attribute=name --option class_ids=[1,3]``.
 """
@@ -34,7 +35,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "convert",
-        help="convert annotations (VIA, LabelMe, mask folders, YOLO, COCO) to one COCO JSON",
+        help="convert annotations (VIA, LabelMe, mask folders, YOLO, COCO, TFRecord) to one COCO JSON",
         description="Convert a dataset in any supported format to a COCO instances JSON (RLE masks).",
     )
     p.add_argument("src", metavar="SRC", help="annotation file or dataset folder")
@@ -61,7 +62,7 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Convert ``args.src`` to ``args.out``; print a one-line summary. Returns 0."""
-    from ..data.convert import write_coco
+    from ..data.convert import extract_images, write_coco
     from ..data.formats import load_dataset
     from ..data.problems import summary_lines
 
@@ -70,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--out {out}: give a .json file name")
     ensure_output_file(out)
     dataset = load_dataset(args.src, args.format, **parse_options(args.option))
+    images_dir = out.parent / f"{out.stem}_images"
+    extracted = extract_images(dataset, images_dir)  # images held in the annotation files (TFRecords)
     coco = write_coco(dataset, out)
     n_inst = sum(1 for a in coco["annotations"] if not a["iscrowd"])
     n_crowd = len(coco["annotations"]) - n_inst
@@ -79,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
             f"{len(names)} class{'es' if len(names) != 1 else ''} ({shown})")
     if n_crowd:
         line += f", {n_crowd} ignore regions"
+    if extracted:
+        line += f"; {extracted} images written to {images_dir}"
     problems = getattr(dataset, "problems", [])
     if problems:
         line += f"; {len(problems)} problems skipped (see `maskrcnn check-data {args.src}`)"

@@ -15,7 +15,9 @@ The dict is what :mod:`maskrcnn.evaluation` takes as ground truth and what
   become ``iscrowd: 1`` annotations; a region without a class is written once per category, so
   it is ignored for every class.
 
-Masks are loaded one image at a time.
+Masks are loaded one image at a time. Images held inside the annotation files (TFRecords:
+datasets with an ``encoded_image(image_id)`` method and no ``path``) are written out first by
+:func:`extract_images`, so the JSON points at real files.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import DataError
-from ..utils.files import atomic_write_json
+from ..utils.files import atomic_write_bytes, atomic_write_json
 from . import rle as rle_codec
 from .dataset import Dataset
 from .problems import add_problem, instance_ref
 from .validate import check_load_mask
 
-__all__ = ["dataset_to_coco", "write_coco"]
+__all__ = ["dataset_to_coco", "write_coco", "extract_images"]
 
 
 def dataset_to_coco(dataset: Dataset, image_ids: Iterable[int] | None = None,
@@ -92,6 +94,52 @@ def write_coco(dataset: Dataset, path: str | os.PathLike[str], image_ids: Iterab
     coco = dataset_to_coco(dataset, image_ids, relative_to=path.parent)
     atomic_write_json(path, coco)
     return coco
+
+
+def extract_images(dataset: Dataset, folder: str | os.PathLike[str]) -> int:
+    """Write each image that has no ``path`` but ``dataset.encoded_image(image_id) -> (file name,
+    bytes)`` into ``folder`` (created when needed) and set its ``path``; returns how many.
+
+    Files keep their own name when it is unique, else ``<image index>_<name>``; a missing name
+    becomes ``<image index>.<ext>`` from the bytes' format. Images that cannot be read are
+    recorded in ``dataset.problems`` and left without a path.
+    """
+    encoded = getattr(dataset, "encoded_image", None)
+    if encoded is None:
+        return 0
+    folder = Path(folder)
+    used: set[str] = set()
+    written = 0
+    for image_id, info in enumerate(dataset.image_info):
+        if info.get("path"):
+            continue
+        try:
+            name, data = encoded(image_id)
+        except DataError as exc:
+            add_problem(dataset.problems, "unreadable_image", f"{exc}; the image is not written",
+                        image=dataset.image_reference(image_id))
+            continue
+        base = Path(str(name).replace("\\", "/")).name
+        if not base or base in (".", ".."):
+            base = f"{image_id:06d}{_extension(data)}"
+        if base in used:
+            base = f"{image_id:06d}_{base}"
+        used.add(base)
+        atomic_write_bytes(folder / base, data)
+        info["path"] = str(folder / base)
+        written += 1
+    return written
+
+
+def _extension(data: bytes) -> str:
+    """A file extension for encoded image bytes."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return ".png"
+    if data[:3] == b"\xff\xd8\xff":
+        return ".jpg"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return ".tif"
+    return ".img"
 
 
 # --------------------------------------------------------------------------- helpers

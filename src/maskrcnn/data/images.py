@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "encoded_image_size", "decode_binary_mask",
     "read_image", "decode_image", "image_size", "intensity_scale", "to_float_tensor", "check_channels",
     "read_label_image", "read_binary_mask", "apply_orientation", "iter_image_files", "IMAGE_EXTENSIONS",
     "DEFAULT_MAX_IMAGE_PIXELS", "MAX_IMAGE_PIXELS", "PIXEL_LIMIT_ENV", "max_image_pixels", "check_pixel_count",
@@ -229,8 +230,20 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """
     path = Path(path)
     check_image_file(path)
-    name = str(path)
-    with _decoding(name), open(path, "rb") as fh:
+    with _decoding(str(path)), open(path, "rb") as fh:
+        return _header_size(fh, str(path))
+
+
+def encoded_image_size(data: bytes, name: str) -> tuple[int, int]:
+    """``(H, W)`` of encoded image bytes (PNG, JPEG, TIFF ...), as :func:`image_size` reads a file's.
+
+    ``name`` is only used in error messages (where the bytes came from).
+    """
+    return _header_size(io.BytesIO(data), name)
+
+
+def _header_size(fh: BinaryIO, name: str) -> tuple[int, int]:
+    with _decoding(name):
         head = fh.read(33)
         fh.seek(0)
         if not head:
@@ -334,6 +347,11 @@ def read_binary_mask(path: str | os.PathLike[str]) -> np.ndarray:
     """A one-instance mask file as ``[H, W]`` bool: any non-zero value (in any channel) is inside."""
     arr = read_image(path)
     return np.any(arr != 0, axis=2)
+
+
+def decode_binary_mask(data: bytes, name: str) -> np.ndarray:
+    """Encoded one-instance mask bytes (a PNG ...) as ``[H, W]`` bool, as :func:`read_binary_mask` reads a file."""
+    return np.any(decode_image(data, name) != 0, axis=2)
 
 
 def apply_orientation(arr: np.ndarray, orientation: int | None) -> np.ndarray:

@@ -23,9 +23,10 @@ Severity = Literal["error", "warning", "info"]
 SEVERITY: dict[str, Severity] = {
     **dict.fromkeys(("missing_image", "unreadable_image", "size_mismatch", "unknown_image", "invalid_annotation",
                      "no_mask", "unknown_class", "missing_class", "mask_size_mismatch", "unreadable_mask",
-                     "outside_image"), "error"),
+                     "outside_image", "corrupt_record"), "error"),
     **dict.fromkeys(("duplicate_image", "orphan_annotation", "degenerate_polygon", "unsupported_shape",
-                     "out_of_bounds", "outside_root", "ignored_field", "empty_mask"), "warning"),
+                     "out_of_bounds", "outside_root", "ignored_field", "empty_mask",
+                     "missing_shard"), "warning"),
     **dict.fromkeys(("unlabelled_image", "no_annotations"), "info"),
 }
 

@@ -9,6 +9,7 @@ format            what it reads                                        class (mo
 ``instance-masks``  ``<id>/images/`` + ``<id>/masks/`` (DSB 2018)      ``InstanceMaskDataset`` (maskfolder)
 ``label-images``  ``images/`` + ``labels/`` integer label images        ``LabelImageDataset`` (maskfolder)
 ``yolo``          ``images/`` + ``labels/*.txt`` YOLO polygons          ``YoloDataset`` (yolo)
+``tfrecord``      TFRecords of ``tf.train.Example`` (TF OD API)          ``TfRecordDataset`` (tfrecord)
 ================  ===================================================  =========================
 
 :func:`load_dataset` (``path``, optional ``format``, loader options) returns a prepared dataset;
@@ -51,6 +52,9 @@ no_annotations         COCO file without an ``annotations`` list               a
 mask_size_mismatch     RLE / mask file / label image size != image size        instance (label
                                                                                image: image) skipped
 unreadable_mask        a mask or label file's header cannot be read            instance/image skipped
+corrupt_record         TFRecord checksum wrong, truncated, not an Example      record (broken header:
+                                                                               rest of file) skipped
+missing_shard          a shard of a ``NAME-00000-of-00010`` set is missing     its records not loaded
 =====================  ======================================================  ===================
 
 An instance whose shapes are all skipped is skipped. Each problem has the severity
@@ -64,6 +68,7 @@ rasterise to no pixel, overlaps, pixel data corrupt beyond the header, channel c
 
 from __future__ import annotations
 
+import glob
 import inspect
 import json
 import os
@@ -71,11 +76,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ...compat.tfod.records import is_tfrecord_name, looks_like_tfrecord
 from ...errors import DataError
 from ..dataset import Dataset
 from .coco import CocoDataset
 from .labelme import LabelMeDataset
 from .maskfolder import InstanceMaskDataset, LabelImageDataset
+from .tfrecord import TfRecordDataset
 from .via import ViaDataset
 from .yolo import YoloDataset
 
@@ -89,6 +96,7 @@ __all__ = [
     "InstanceMaskDataset",
     "LabelImageDataset",
     "YoloDataset",
+    "TfRecordDataset",
 ]
 
 #: format name -> (Dataset class, name of its load method)
@@ -99,12 +107,13 @@ _LOADERS: dict[str, tuple[type[Dataset], str]] = {
     "instance-masks": (InstanceMaskDataset, "load_instance_masks"),
     "label-images": (LabelImageDataset, "load_label_images"),
     "yolo": (YoloDataset, "load_yolo"),
+    "tfrecord": (TfRecordDataset, "load_tfrecord"),
 }
 FORMATS: tuple[str, ...] = tuple(_LOADERS)
-_ALIASES = {"dsb": "instance-masks", "instance_masks": "instance-masks", "label_images": "label-images", "vgg": "via"}
+_ALIASES = {"tfrecords": "tfrecord", "tfod": "tfrecord", "dsb": "instance-masks", "instance_masks": "instance-masks", "label_images": "label-images", "vgg": "via"}
 _ACCEPTED = ("coco (a COCO .json), via (a VIA .json), labelme (a folder of LabelMe .json), "
              "instance-masks (<id>/images + <id>/masks), label-images (images/ + labels/*.png|tif), "
-             "yolo (images/ + labels/*.txt)")
+             "yolo (images/ + labels/*.txt), tfrecord (.tfrecord/.record files + label_map.pbtxt)")
 _PEEK_BYTES = 1 << 20
 
 
@@ -115,8 +124,12 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     """
     p = Path(path)
     if not p.exists():
+        if any(c in str(path) for c in "*?[") and any(is_tfrecord_name(f) for f in glob.glob(str(path))):
+            return "tfrecord"
         raise DataError(f"{p}: not found; pass an annotation file or a dataset folder")
     if p.is_file():
+        if is_tfrecord_name(p) or looks_like_tfrecord(p):
+            return "tfrecord"
         if p.suffix.lower() in (".yaml", ".yml"):
             return "yolo"
         if p.suffix.lower() == ".json":
@@ -142,6 +155,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     for kind in ("coco", "via"):
         if kind in kinds:
             return kind
+    if any(f.is_file() and is_tfrecord_name(f) for f in p.iterdir()):
+        return "tfrecord"
     raise DataError(f"{p}: cannot tell the annotation format; accepted: {_ACCEPTED}; or pass --format")
 
 
