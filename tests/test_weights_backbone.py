@@ -166,3 +166,10 @@ def test_backbone_of_another_depth_or_width_is_one_line_error(tmp_path):
     with pytest.raises(WeightsError) as err:
         pretrained_model(tiny(backbone="resnet34"), str(tmp_path / "rn.pth"))
     assert "backbone" in str(err.value)
+
+
+def test_imagenet_cannot_detect_and_is_not_downloaded_for_it(served_imagenet, monkeypatch):
+    monkeypatch.setattr(W, "download", lambda *a, **k: pytest.fail("downloaded"))
+    with pytest.raises(WeightsError) as err:
+        W.resolve_weights("imagenet", backbone="resnet18")
+    assert str(err.value).startswith("imagenet: holds a backbone only") and "train --weights imagenet" in str(err.value)

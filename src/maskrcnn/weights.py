@@ -609,6 +609,8 @@ def resolve_weights(spec: str | os.PathLike[str], *, progress: bool = True, back
     source = str(spec)
     name = imagenet_name(backbone) if source == IMAGENET else source
     if name in NAMED_WEIGHTS:
+        if NAMED_WEIGHTS[name].architecture is None and not allow_backbone_only:
+            raise WeightsError(_BACKBONE_ONLY.format(source=source))  # before downloading it
         path, entry = resolve_named(name, progress=progress)
         sd = convert_torchvision(read_state_dict(path))
         if entry.architecture is None:
@@ -630,6 +632,10 @@ def resolve_weights(spec: str | os.PathLike[str], *, progress: bool = True, back
     return ResolvedWeights(sd, implied, source)
 
 
+_BACKBONE_ONLY = ("{source}: holds a backbone only (ImageNet classifier weights), which cannot detect; train from it "
+                  "with maskrcnn train --weights {source}")
+
+
 def _backbone_weights(sd: dict[str, Tensor], source: str, allowed: bool) -> ResolvedWeights:
     """A backbone-only state dict as :class:`ResolvedWeights` (it implies the depth and stem width)."""
     body = backbone_state_dict(sd)
@@ -637,8 +643,7 @@ def _backbone_weights(sd: dict[str, Tensor], source: str, allowed: bool) -> Reso
         raise WeightsError(f"{source}: not a ResNet backbone state dict (no conv1.weight / layer1.* keys); pass "
                            "torchvision ResNet weights")
     if not allowed:
-        raise WeightsError(f"{source}: holds a backbone only (ImageNet classifier weights), which cannot detect; "
-                           f"train from it with maskrcnn train --weights {source}")
+        raise WeightsError(_BACKBONE_ONLY.format(source=source))
     try:
         implied: dict[str, Any] = {"backbone": _depth_from_keys(body),
                                    "backbone_width": int(body["backbone.body.conv1.weight"].shape[0]),

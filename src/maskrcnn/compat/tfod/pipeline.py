@@ -322,8 +322,9 @@ class _Mapper:
                 raise ConfigError(f"{self.source}: train_config.batch_size is {batch}; give a batch of at least 1")
             self.batch = batch
             self.values.update(images_per_gpu=batch, base_batch_size=batch)
-            self.notes.append(f"batch_size {batch} is TF's total over all GPUs: with N GPUs use "
-                              f"--set images_per_gpu={batch}/N (the learning rate stays right)")
+            if batch > 1:
+                self.notes.append(f"batch_size {batch} is TF's total over all GPUs: with N GPUs use "
+                                  f"--set images_per_gpu={batch}/N (the learning rate stays right)")
         clip = self.number(train, "gradient_clipping_by_norm")
         if clip is not None:
             self.values["gradient_clip_norm"] = clip if clip > 0 else None
