@@ -148,6 +148,8 @@ SKIPS = {
                                        ["record 1 object 0", "not normalised", "[0, 1]"], 4),
     "bbox xmin > xmax": (record(boxes=np.array([[0.5, 0.1, 0.2, 0.4], [0.1, 0.1, 0.5, 0.5]])), "ignored_field",
                          ["record 1 object 0", "xmin <= xmax"], 4),
+    "is_crowd of the wrong length": (record(extra={"image/object/is_crowd": [0]}), "ignored_field",
+                                     ["record 1", "is_crowd has 1 values for 2 objects"], 4),
     "gzip-compressed file": (lambda tmp: _gzipped(tmp), "corrupt_record", ["record 0", "gzip", "uncompressed"], 0),
 }
 

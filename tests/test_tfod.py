@@ -307,3 +307,25 @@ def test_train_on_tfrecords_from_a_backbone_pth(tmp_path):
     for k, v in body.state_dict().items():
         if not k.endswith("num_batches_tracked"):
             assert torch.equal(trained[f"backbone.body.{k}"], v), k  # layers=heads: the body stays as loaded
+
+
+def test_crowd_objects_become_ignore_regions(tmp_path):
+    """``image/object/is_crowd`` (create_coco_tf_record.py): crowd objects are ignore regions, written
+    back as ``iscrowd: 1`` by convert, as COCO's own loader treats them."""
+    rng = np.random.default_rng(11)
+    image = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    masks = shapes(rng, 20, 24, 3)
+    rec = od_example(image, masks, labels=[1, 3, 7], mask_mode="raw_float", extra={"image/object/is_crowd": [0, 1, 0]})
+    path = write_tfrecord(tmp_path / "c.record", [rec])
+    (tmp_path / "label_map.pbtxt").write_text(LABEL_MAP)
+    ds = load_dataset(path)
+    got, ids = ds.load_mask(0)
+    assert np.array_equal(got.transpose(2, 0, 1), masks[[0, 2]]) and ids.tolist() == [1, 3]
+    crowd, crowd_ids = ds.load_ignore_instances(0)
+    assert np.array_equal(crowd[:, :, 0], masks[1]) and crowd_ids.tolist() == [2]
+    assert np.array_equal(ds.load_ignore_mask(0), masks[1])
+    out = tmp_path / "coco.json"
+    assert run_cli("convert", path, "--out", out).code == 0
+    anns = json.loads(out.read_text())["annotations"]
+    assert [(a["category_id"], a["iscrowd"]) for a in anns] == [(1, 0), (3, 0), (2, 1)]
+    assert np.array_equal(rle.decode(anns[2]["segmentation"]), masks[1])

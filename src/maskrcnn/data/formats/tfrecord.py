@@ -15,6 +15,8 @@ Features read from each Example (the names of TF OD API's ``create_*_tf_record.p
     image/object/class/text         bytes   [N] label-map names
     image/object/bbox/xmin|ymin|xmax|ymax   float [N] normalised to [0, 1]; only checked:
                                             boxes are recomputed from the masks
+    image/object/is_crowd           int64   [N] optional: 1 makes the object an ignore region
+                                            (COCO's iscrowd; ``load_ignore_instances``)
     image/object/mask               bytes [N] one PNG per instance, or bytes [1] of N*H*W
                                     uint8, or float [N*H*W] (TF's NUMERICAL_MASKS); a pixel
                                     is inside when its value is > 0, as in TF's decoder
@@ -168,7 +170,8 @@ class TfRecordDataset(AnnotationDataset):
         if mask_kind is None:
             return
         self._check_boxes(ex, len(objects), name, where, file)
-        instances = []
+        crowd = self._crowd(ex, len(objects), name, where, file)
+        instances, ignore = [], []
         for k, class_id in enumerate(objects):
             ref = f"object {k}"
             if class_id is None:
@@ -179,8 +182,8 @@ class TfRecordDataset(AnnotationDataset):
                 continue
             if mask_kind == "png" and verify and not self._png_fits(ex["image/object/mask"][k], h, w, name, where, ref, file):
                 continue
-            instances.append({"class_id": class_id, "ref": ref, "index": k})
-        self.add_image(self.source, f"{file.name}:{index}", None, height=h, width=w, instances=instances, ignore=[],
+            (ignore if crowd[k] else instances).append({"class_id": class_id, "ref": ref, "index": k})
+        self.add_image(self.source, f"{file.name}:{index}", None, height=h, width=w, instances=instances, ignore=ignore,
                        record_file=str(file), record_offset=offset, record_index=index, file_name=file_name,
                        mask_kind=mask_kind, num_objects=len(objects), reference=name, annotation_file=str(file))
 
@@ -276,6 +279,18 @@ class TfRecordDataset(AnnotationDataset):
             return False
         return True
 
+    def _crowd(self, ex: dict[str, list[Any]], n: int, name: str, where: str, file: Path) -> list[bool]:
+        """``image/object/is_crowd`` per object (``create_coco_tf_record.py`` writes it): crowd
+        objects become ignore regions, as COCO's ``iscrowd``; a list of the wrong length is ignored."""
+        values = ex.get("image/object/is_crowd")
+        if not values:
+            return [False] * n
+        if len(values) != n:
+            self.report("ignored_field", f"{where}: image/object/is_crowd has {len(values)} values for {n} objects; it is "
+                        "ignored (every object is an instance)", image=name, file=file)
+            return [False] * n
+        return [bool(v) for v in values]
+
     def _check_boxes(self, ex: dict[str, list[Any]], n: int, name: str, where: str, file: Path) -> None:
         """Report boxes that are not normalised ``0 <= min <= max <= 1`` (they are not used: masks give the boxes)."""
         cols = [ex.get(f"image/object/bbox/{k}") for k in _BOX_KEYS]
@@ -327,12 +342,19 @@ class TfRecordDataset(AnnotationDataset):
 
     def load_mask(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
         """``[H, W, N]`` bool (value > 0 is inside) and internal class ids ``[N]`` of the kept objects."""
+        return self._masks(image_id, "instances")
+
+    def load_ignore_instances(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The crowd objects (``image/object/is_crowd``) one by one: ``[H, W, M]`` bool and internal class ids ``[M]``."""
+        return self._masks(image_id, "ignore")
+
+    def _masks(self, image_id: int, which: str) -> tuple[np.ndarray, np.ndarray]:
         info = self.image_info[image_id]
         h, w = int(info["height"]), int(info["width"])
-        instances = info["instances"]
-        masks = np.zeros((h, w, len(instances)), dtype=bool)
-        class_ids = np.array([self._internal_class_id(i["class_id"]) for i in instances], dtype=np.int32)
-        if not instances:
+        entries = info.get(which) or []
+        masks = np.zeros((h, w, len(entries)), dtype=bool)
+        class_ids = np.array([self._internal_class_id(i["class_id"]) for i in entries], dtype=np.int32)
+        if not entries:
             return masks, class_ids
         values = self._example(image_id)["image/object/mask"]
         kind, n = info["mask_kind"], int(info["num_objects"])
@@ -342,7 +364,7 @@ class TfRecordDataset(AnnotationDataset):
             stack = np.frombuffer(values[0], dtype=np.uint8).reshape(n, h, w) > 0
         else:
             stack = None
-        for j, inst in enumerate(instances):
+        for j, inst in enumerate(entries):
             k = inst["index"]
             if stack is not None:
                 masks[:, :, j] = stack[k]
@@ -354,7 +376,6 @@ class TfRecordDataset(AnnotationDataset):
             masks[:, :, j] = m
         return masks, class_ids
 
-
 def _reference(file: Path, index: int, file_name: str) -> str:
     return f"{file}#{index}" + (f" ({file_name})" if file_name else "")
 
@@ -362,7 +383,7 @@ def _reference(file: Path, index: int, file_name: str) -> str:
 #: Feature -> the value type TF OD API writes (bytes, float, int).
 _TYPES: dict[str, type] = {
     "image/encoded": bytes, "image/filename": bytes, "image/height": int, "image/width": int,
-    "image/object/class/label": int, "image/object/class/text": bytes,
+    "image/object/class/label": int, "image/object/class/text": bytes, "image/object/is_crowd": int,
     **{f"image/object/bbox/{k}": float for k in _BOX_KEYS},
 }
 _TYPE_NAMES = {bytes: "bytes_list", float: "float_list", int: "int64_list"}
