@@ -124,6 +124,10 @@ def test_load_dataset_masks_images_and_classes_exact(tf_data):
     path, truth = tf_data
     assert detect_format(path) == "tfrecord"
     assert detect_format(path.parent) == "tfrecord"
+    renamed = path.with_name("train.bin")
+    renamed.write_bytes(path.read_bytes())
+    assert detect_format(renamed) == "tfrecord"  # by the framing: the length checksum of the first header
+    renamed.unlink()
     ds = load_dataset(path)
     assert ds.problems == []
     assert ds.class_names == ["BG", "cat", "Dog", "bird"]
