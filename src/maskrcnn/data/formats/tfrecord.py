@@ -45,7 +45,7 @@ from ...compat.tfod.labelmap import LabelMap, read_label_map
 from ...compat.tfod.records import is_tfrecord_name, iter_records, looks_like_tfrecord, read_record
 from ...errors import DataError
 from ..images import PNG_MAGIC, decode_binary_mask, decode_image, encoded_image_size
-from ._base import AnnotationDataset
+from ._base import AnnotationDataset, declared_size
 
 __all__ = ["TfRecordDataset", "tfrecord_files", "find_label_map"]
 
@@ -189,8 +189,8 @@ class TfRecordDataset(AnnotationDataset):
 
     def _size(self, ex: dict[str, list[Any]], encoded: bytes, name: str, where: str, file: Path,
               verify: bool) -> tuple[int, int] | None:
-        hs, ws = ex.get("image/height") or [], ex.get("image/width") or []
-        declared = (int(hs[0]), int(ws[0])) if len(hs) == 1 and len(ws) == 1 and hs[0] > 0 and ws[0] > 0 else None
+        one_value = {k: ex[k][0] for k in ("image/height", "image/width") if len(ex.get(k) or []) == 1}
+        declared = declared_size(one_value, "image/height", "image/width")
         if declared is not None and not verify:
             return declared
         try:
