@@ -52,6 +52,7 @@ BACKBONE_STRIDES: list[int] = [4, 8, 16, 32, 64]
 
 ResizeMode = Literal["minmax", "none", "square", "pad64", "crop"]
 Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
+MaskLoss = Literal["bce", "dice", "bce+dice"]
 _Positive = Annotated[float, Field(gt=0)]
 _NonNegative = Annotated[float, Field(ge=0)]
 
@@ -178,6 +179,8 @@ class Config(BaseModel):
         {"rpn_class": 1.0, "rpn_bbox": 1.0, "mrcnn_class": 1.0, "mrcnn_bbox": 1.0, "mrcnn_mask": 1.0},
         "Weight of each loss term (Matterport LOSS_WEIGHTS); each head applies its own, and the model returns loss_<term>.",
     )
+    mask_loss: MaskLoss = _f("bce", "Mask loss: bce (binary cross-entropy per pixel, Matterport's and torchvision's), dice (1 - soft dice of the predicted class's sigmoid per RoI, smooth 1) or bce+dice (their sum).")
+    mask_dice_weight: float = _f(1.0, "Weight of the dice term in mask_loss dice and bce+dice (the whole mask term is then weighted by loss_weights.mrcnn_mask).", gt=0)
     class_loss_weights: list[_NonNegative] | None = _f(None, "Per-class weights of the classification and mask losses (length num_classes).", example=[1.0, 1.0, 2.0])
     repeat_factor_threshold: float | None = _f(None, "LVIS repeat-factor sampling threshold t (e.g. 0.001); None disables.", gt=0, le=1, example=0.001)
     num_workers: int = _f(2, "Data loader worker processes (0 loads in the main process).", "processes", ge=0)
@@ -527,6 +530,9 @@ def _first_error(c: Config) -> str | None:
         return "loss_weights: give exactly rpn_class, rpn_bbox, mrcnn_class, mrcnn_bbox, mrcnn_mask"
     if not any(c.loss_weights.values()):
         return "loss_weights: every weight is 0, so nothing would be learned; give at least one positive weight"
+    if c.mask_loss == "bce" and c.mask_dice_weight != 1.0:
+        return (f"mask_dice_weight={c.mask_dice_weight} has no effect with mask_loss=bce; set mask_loss: bce+dice "
+                "(or dice), or remove mask_dice_weight")
     if c.class_loss_weights is not None and len(c.class_loss_weights) != c.num_classes:
         return f"class_loss_weights has {len(c.class_loss_weights)} values; give one per class ({c.num_classes}, background first)"
     if c.lr_schedule == "step" and any(not 0 < s < 1 for s in c.lr_steps):

@@ -124,7 +124,8 @@ def build_model(config: Config) -> MaskRCNN:
         nms_thresh=c.detection_nms_threshold, detections_per_img=c.detection_max_instances,
         class_weights=c.class_loss_weights, loss_weights=c.loss_weights)
     mask_predictor = MaskPredictor(mask_head.out_channels, c.mask_head_channels, c.num_classes, mini_masks=c.use_mini_mask,
-                                   class_weights=c.class_loss_weights, loss_weights=c.loss_weights)
+                                   class_weights=c.class_loss_weights, loss_weights=c.loss_weights,
+                                   loss=c.mask_loss, dice_weight=c.mask_dice_weight)
     roi_heads = RoIHeads(
         box_head, box_predictor, mask_head, mask_predictor,
         pool_size=c.pool_size, mask_pool_size=c.mask_pool_size, sampling_ratio=c.roi_sampling_ratio,
