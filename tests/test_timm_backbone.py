@@ -65,6 +65,14 @@ def test_builds_trains_one_step_and_round_trips_our_checkpoint(tmp_path: Path, n
     changed = [k for k, p in model.backbone.body.named_parameters() if k in body_before and not torch.equal(p, body_before[k])]
     assert changed, "the body did not train"
 
+    # detection on an image whose sides are no multiple of 32 (padded, and resized back)
+    model.eval()
+    with torch.no_grad():
+        det = model([torch.rand(3, 100, 120, generator=torch.Generator().manual_seed(2))])[0]
+    assert det["mask_probs"].shape[1:] == (cfg.mask_shape, cfg.mask_shape) and len(det["boxes"]) == len(det["scores"])
+    if len(det["boxes"]):
+        assert float(det["boxes"][:, 2].max()) <= 120 and float(det["boxes"][:, 3].max()) <= 100
+
     path = W.save_checkpoint(model, cfg, tmp_path / "m.safetensors")
     config, sd = W.load_checkpoint(path)
     assert config.backbone == f"timm:{name}"
@@ -164,3 +172,21 @@ def test_planner_facts_use_the_models_own_presets() -> None:
     five = tiny("convnext_atto", layers="5+")
     stage3 = sum(p.numel() * p.element_size() for p in model.backbone.body.stages_3.parameters())
     assert trainable_bytes(five) == total - body + stage3
+
+
+def test_fast_mode_folding_keeps_timms_batchnorm_with_activation() -> None:
+    from maskrcnn.modeling.fuse import fold_batchnorm
+
+    torch.manual_seed(0)
+    body = build_model(tiny("efficientnet_b0")).backbone.eval()
+    with torch.no_grad():
+        for m in body.modules():  # statistics that make a dropped BN or activation visible
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2)
+        x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+        before = body(x)
+        folded = fold_batchnorm(body)
+        after = body(x)
+    assert folded == 0  # EfficientNet's BN layers are BatchNormAct2d (BN + SiLU): never replaced by Identity
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
