@@ -121,6 +121,9 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"num_classes": 1}, "num_classes", "background"),
     ({"image_resize_mode": "resize"}, "image_resize_mode", "'minmax'"),
     ({"train_bn": "maybe"}, "train_bn", "true or false"),
+    ({"mask_loss": "focal"}, "mask_loss", "'bce+dice'"),
+    ({"mask_dice_weight": 0}, "mask_dice_weight", "> 0"),
+    ({"mask_dice_weight": 0.5}, "mask_dice_weight", "mask_loss: bce+dice"),
     # a run name is one plain path component (it names the run folder under --out)
     ({"name": "../../x"}, "name", "plain file name"),
     ({"name": "a/b"}, "name", "plain file name"),
@@ -188,6 +191,7 @@ GOOD: list[dict[str, Any]] = [
     {"backbone_width": 8, "fpn_channels": 8}, {"pixel_mean": [-1.0, 0.0, 2.0]}, {"aug_scale_jitter": [1.0, 1.0]},
     {"rpn_bg_iou_threshold": 0.7, "rpn_fg_iou_threshold": 0.7}, {"loss_weights": {**ZERO_LOSS, "mrcnn_mask": 1.0}},
     {"image_resize_mode": "crop", "inference_resize_mode": "pad64", "image_min_dim": 256, "aug_crop": [256, 256]}, {"image_resize_mode": "pad64", "image_min_dim": 512},
+    {"mask_loss": "dice", "mask_dice_weight": 1e-6}, {"mask_loss": "bce+dice", "mask_dice_weight": 3.0},
     {"lr_steps": [0.5, 0.5]}, {"lr_schedule": "cosine", "lr_steps": [0.9, 0.5]}, {"aug_brightness": 1}, {"rpn_nms_threshold": 1},
 ]
 

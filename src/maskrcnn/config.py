@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import MaskRCNNError
 
-__all__ = ["Config", "ConfigError", "LAYER_PRESETS", "BACKBONE_STRIDES"]
+__all__ = ["Config", "ConfigError", "LAYER_PRESETS", "BACKBONE_STRIDES", "RESNET_DEPTHS", "TIMM_EXAMPLES"]
 
 
 class ConfigError(MaskRCNNError, ValueError):
@@ -51,7 +51,12 @@ LAYER_PRESETS: dict[str, str] = {
 BACKBONE_STRIDES: list[int] = [4, 8, 16, 32, 64]
 
 ResizeMode = Literal["minmax", "none", "square", "pad64", "crop"]
-Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
+#: The ResNet depths of ``Config.backbone``; any other backbone is ``timm:<model name>``.
+RESNET_DEPTHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101")
+#: timm models tested as backbones (``timm:<name>``), named in errors; any features_only model with
+#: features at strides 4..32 works.
+TIMM_EXAMPLES: tuple[str, ...] = ("convnext_tiny", "efficientnet_b0", "mobilenetv3_large_100", "regnety_002", "inception_v3")
+MaskLoss = Literal["bce", "dice", "bce+dice"]
 _Positive = Annotated[float, Field(gt=0)]
 _NonNegative = Annotated[float, Field(ge=0)]
 
@@ -95,7 +100,8 @@ class Config(BaseModel):
     seed: int = _f(42, "Seed of every random number generator of a run.", ge=0, le=2**32 - 1)
 
     # ---------------------------------------------------------------- backbone
-    backbone: Backbone = _f("resnet50", "ResNet depth of the backbone body (Matterport BACKBONE).")
+    backbone: str = _f("resnet50", "Backbone body: resnet18/34/50/101 (Matterport BACKBONE), or timm:<model> for a timm features_only model (e.g. timm:convnext_tiny, timm:efficientnet_b0; pip install 'maskrcnn[timm]') behind the same FPN.")
+    timm_pretrained: str | None = _f(None, "ImageNet weights of a timm backbone, loaded when training starts from scratch: a local file with timm's state dict (.safetensors or .pth) or an http(s) URL (downloaded once into the cache); null: random init. Never fetched from a model hub.", example="convnext_tiny.safetensors")
     architecture: Literal["v1", "v2"] = _f("v1", "torchvision layout: v1 (frozen BN, 2-FC box head) or v2 (BN everywhere, 4conv1fc box head).")
     backbone_width: int = _f(64, "Channels of the ResNet stem; 64 is the standard ResNet, smaller values give a lean model trained from scratch.", "channels", ge=8)
     fpn_channels: int = _f(256, "Channels of every FPN level (Matterport TOP_DOWN_PYRAMID_SIZE).", "channels", ge=8)
@@ -178,6 +184,8 @@ class Config(BaseModel):
         {"rpn_class": 1.0, "rpn_bbox": 1.0, "mrcnn_class": 1.0, "mrcnn_bbox": 1.0, "mrcnn_mask": 1.0},
         "Weight of each loss term (Matterport LOSS_WEIGHTS); each head applies its own, and the model returns loss_<term>.",
     )
+    mask_loss: MaskLoss = _f("bce", "Mask loss: bce (binary cross-entropy per pixel, Matterport's and torchvision's), dice (1 - soft dice of the predicted class's sigmoid per RoI, smooth 1) or bce+dice (their sum).")
+    mask_dice_weight: float = _f(1.0, "Weight of the dice term in mask_loss dice and bce+dice (the whole mask term is then weighted by loss_weights.mrcnn_mask).", gt=0)
     class_loss_weights: list[_NonNegative] | None = _f(None, "Per-class weights of the classification and mask losses (length num_classes).", example=[1.0, 1.0, 2.0])
     repeat_factor_threshold: float | None = _f(None, "LVIS repeat-factor sampling threshold t (e.g. 0.001); None disables.", gt=0, le=1, example=0.001)
     num_workers: int = _f(2, "Data loader worker processes (0 loads in the main process).", "processes", ge=0)
@@ -491,6 +499,9 @@ def _first_error(c: Config) -> str | None:
     if c.class_names is not None and len(c.class_names) != c.num_classes:
         return (f"class_names has {len(c.class_names)} names but num_classes={c.num_classes}; "
                 "list one name per class including 'BG' at index 0")
+    backbone_problem = _backbone_problem(c)
+    if backbone_problem:
+        return backbone_problem
     if c.backbone_strides != BACKBONE_STRIDES:
         return (f"backbone_strides={c.backbone_strides}: fixed at {BACKBONE_STRIDES} by the ResNet-FPN backbone "
                 "(P2..P6) and not configurable; remove the field")
@@ -527,6 +538,9 @@ def _first_error(c: Config) -> str | None:
         return "loss_weights: give exactly rpn_class, rpn_bbox, mrcnn_class, mrcnn_bbox, mrcnn_mask"
     if not any(c.loss_weights.values()):
         return "loss_weights: every weight is 0, so nothing would be learned; give at least one positive weight"
+    if c.mask_loss == "bce" and c.mask_dice_weight != 1.0:
+        return (f"mask_dice_weight={c.mask_dice_weight} has no effect with mask_loss=bce; set mask_loss: bce+dice "
+                "(or dice), or remove mask_dice_weight")
     if c.class_loss_weights is not None and len(c.class_loss_weights) != c.num_classes:
         return f"class_loss_weights has {len(c.class_loss_weights)} values; give one per class ({c.num_classes}, background first)"
     if c.lr_schedule == "step" and any(not 0 < s < 1 for s in c.lr_steps):
@@ -545,6 +559,34 @@ def _first_error(c: Config) -> str | None:
     if c.image_resize_mode == "crop" and c.inference_resize_mode is None:
         return ("inference_resize_mode: required with image_resize_mode=crop (random crops are for training only); "
                 "set inference_resize_mode: pad64 (the training scale on whole images) or square")
+    return None
+
+
+def _backbone_problem(c: Config) -> str | None:
+    """What is wrong with ``backbone`` (a ResNet depth or ``timm:<model>``) and the fields tied to it."""
+    examples = ", ".join(f"timm:{n}" for n in TIMM_EXAMPLES)
+    if c.backbone in RESNET_DEPTHS:
+        if c.timm_pretrained is not None:
+            return (f"timm_pretrained: only for a timm backbone (backbone: timm:<model>), not {c.backbone}; "
+                    "remove timm_pretrained")
+        return None
+    if not c.backbone.startswith("timm:"):
+        return (f"backbone={_short(c.backbone)!r}: use {', '.join(RESNET_DEPTHS)} or timm:<model>, "
+                f"e.g. {examples}")
+    name = c.backbone[len("timm:"):]
+    try:
+        import timm
+    except ImportError:
+        return f"backbone={c.backbone}: needs the timm package; pip install 'maskrcnn[timm]'"
+    if not timm.is_model(name):
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=1)
+        hint = f"did you mean 'timm:{close[0]}'? " if close else ""
+        return (f"backbone={_short(c.backbone)}: not a timm model; {hint}e.g. {examples} "
+                "(timm.list_models() lists them all)")
+    if c.backbone_width != 64:
+        return f"backbone_width={c.backbone_width}: applies to ResNet backbones only; remove it with backbone={c.backbone}"
     return None
 
 

@@ -83,3 +83,14 @@ def test_inference_gives_detections_with_one_mask_each() -> None:
     kept = heads.detect(_features(2), proposals, [(64, 64), (50, 40)], score_threshold=cut)[0]
     assert bool((kept["scores"] >= cut).all()) and len(kept["mask_probs"]) == len(kept["scores"]) < len(dets[0]["scores"])
     torch.testing.assert_close(kept["mask_probs"], dets[0]["mask_probs"][: len(kept["scores"])])
+
+
+def test_an_image_without_proposals_gets_no_detections() -> None:
+    """An untrained RPN can leave an image without proposals: empty results, the other image unchanged."""
+    heads = _heads(score_thresh=0.0).eval()
+    some = torch.tensor([[1.0, 1.0, 30.0, 30.0], [30.0, 30.0, 60.0, 60.0]])
+    dets, _ = heads(_features(2), [torch.zeros(0, 4), some], [(64, 64), (64, 64)])
+    assert len(dets[0]["boxes"]) == len(dets[0]["scores"]) == len(dets[0]["labels"]) == 0
+    assert dets[0]["mask_probs"].shape == (0, 14, 14) and len(dets[1]["boxes"]) > 0
+    alone, _ = heads(_features(1), [torch.zeros(0, 4)], [(64, 64)])
+    assert alone[0]["boxes"].shape == (0, 4) and alone[0]["mask_probs"].shape == (0, 14, 14)

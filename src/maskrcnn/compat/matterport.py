@@ -17,6 +17,10 @@ Two conversions keep Matterport's behaviour:
 * ``LEARNING_RATE`` was meant for a batch of ``IMAGES_PER_GPU * GPU_COUNT``, which becomes
   ``base_batch_size`` so the rate is kept at that batch (and scaled for others).
 
+Matterport's mask loss is binary cross-entropy, which is ``mask_loss: bce`` (the default) here. It
+has no dice loss, so no Matterport attribute maps to ``mask_loss`` or ``mask_dice_weight``; choose
+them as overrides: ``Config.from_matterport(cfg, mask_loss="bce+dice", mask_dice_weight=0.5)``.
+
 Settings with no equivalent here are not dropped silently: they are listed in notes
 (:func:`convert_matterport` returns them; :func:`config_values_from_matterport` prints them).
 """

@@ -1,7 +1,8 @@
 """Which parameters train, how they are grouped, and the optimizer.
 
 * Layer selection: ``Config.layers`` is a preset (``heads``, ``3+``, ``4+``, ``5+``, ``all``) or a
-  regular expression searched in parameter names (``backbone.body.layer3.0.conv1.weight``).
+  regular expression searched in parameter names (``backbone.body.layer3.0.conv1.weight``); a timm
+  backbone places ``3+``/``4+``/``5+`` in its own modules (:func:`layer_regex`).
   Parameters that do not match get ``requires_grad=False``.
 * BatchNorm is frozen unless ``Config.train_bn``: its affine parameters do not train and its
   running statistics are not updated (the modules stay in eval mode while training). A
@@ -24,6 +25,7 @@ from ..config import Config, ConfigError
 
 __all__ = [
     "NORM_TYPES",
+    "layer_regex",
     "select_trainable",
     "set_train_mode",
     "param_groups",
@@ -47,12 +49,20 @@ def _batchnorms(model: nn.Module) -> Iterable[tuple[str, nn.modules.batchnorm._B
             yield name, module
 
 
+def layer_regex(model: nn.Module, config: Config) -> str:
+    """The regular expression of trainable parameter names that ``config.layers`` denotes on ``model``:
+    the backbone's own when it has one (a timm body, :mod:`maskrcnn.modeling.timm_backbone`), else
+    :meth:`Config.layer_regex`."""
+    own = getattr(getattr(model, "backbone", None), "layer_regex", None)
+    return own(config.layers) if callable(own) else config.layer_regex()
+
+
 def select_trainable(model: nn.Module, config: Config) -> list[str]:
     """Set ``requires_grad`` from ``config.layers`` and ``config.train_bn``; return trainable names.
 
     Raises :class:`ConfigError` when the selection matches no parameter.
     """
-    pattern = re.compile(config.layer_regex())
+    pattern = re.compile(layer_regex(model, config))
     frozen_bn_params: set[str] = set()
     if not config.train_bn:
         for mod_name, bn in _batchnorms(model):

@@ -187,7 +187,7 @@ class Trainer:
         if model is None:
             from ..modeling import build_model
 
-            model = build_model(c)
+            model = build_model(c, pretrained_backbone=resume_dir is None)  # timm_pretrained, from scratch only
         self.trainable = select_trainable(model, c)
         if c.sync_bn and c.train_bn:
             model = du.convert_sync_bn(model, self.dist)

@@ -123,7 +123,7 @@ class BoxPredictor(nn.Module):
         r_idx, c_idx = torch.where(sc > self.score_thresh)
         scores = sc[r_idx, c_idx]
         c_idx = c_idx + 1
-        d = deltas.view(deltas.shape[0], -1, 4)[r_idx, c_idx]
+        d = deltas.view(deltas.shape[0], probs.shape[1], 4)[r_idx, c_idx]  # (K known: no proposals is [0, K, 4])
         boxes = clip_boxes(self.box_coder.decode(d, proposals[r_idx])[:, 0], size)
         keep = torch.where(((boxes[:, 2] - boxes[:, 0]) >= 1e-2) & ((boxes[:, 3] - boxes[:, 1]) >= 1e-2))[0]
         boxes, scores, labels = boxes[keep], scores[keep], c_idx[keep]

@@ -32,7 +32,9 @@ def _fold(conv: nn.Conv2d, bn: nn.Module) -> None:
 
 
 def _is_bn(m: nn.Module) -> bool:
-    return isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d))
+    """A plain BatchNorm (exact type): a subclass may do more in its forward (timm's BatchNormAct2d
+    applies an activation too), so replacing it by ``Identity`` would change the network."""
+    return type(m) in (FrozenBatchNorm2d, nn.BatchNorm2d)
 
 
 def fold_batchnorm(model: nn.Module) -> int:

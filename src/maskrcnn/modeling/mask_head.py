@@ -2,7 +2,8 @@
 
 The feature part is :class:`MaskHead` (3x3 convs over pooled ``[R, C, 14, 14]`` RoIs);
 :class:`MaskPredictor` holds the output layers (2x upsampling, 1x1 conv to ``[R, K, 28, 28]``
-logits) and owns the loss (``loss_mrcnn_mask``, multiplied by ``Config.loss_weights["mrcnn_mask"]``)
+logits) and owns the loss (``loss_mrcnn_mask``: binary cross-entropy, dice or both, ``Config.mask_loss``;
+multiplied by ``Config.loss_weights["mrcnn_mask"]``)
 and inference (the predicted class's sigmoid). Targets come from :func:`mask_targets`.
 
 RoIs are ``(x1, y1, x2, y2)`` pixels of the resized image. A target mask is the GT mask resampled
@@ -12,16 +13,18 @@ onto its RoI with RoIAlign (as torchvision's ``project_masks_on_boxes``), values
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from ..config import MaskLoss
 from .layers import conv_norm_relu
 from .losses import weighted_losses
 
-__all__ = ["MaskHead", "MaskPredictor", "mask_targets", "mask_loss"]
+__all__ = ["MaskHead", "MaskPredictor", "mask_targets", "mask_loss", "dice_loss", "MASK_LOSSES", "DICE_SMOOTH"]
 
 
 class MaskHead(nn.Sequential):
@@ -93,21 +96,66 @@ def _full_mask_targets(rois: Tensor, matched: Tensor, masks: Tensor, size: int) 
     return roi_align(crops, r, (size, size), 1.0, aligned=False)[:, 0]
 
 
-def mask_loss(mask_logits: Tensor, labels: Tensor, targets: Tensor, class_weights: Tensor | None = None) -> Tensor:
-    """Binary cross-entropy of each RoI's labelled-class logits against its target.
+#: Mask loss kinds (``Config.mask_loss``).
+MASK_LOSSES: tuple[str, ...] = get_args(MaskLoss)
 
-    ``mask_logits [P, K, M, M]``, ``labels [P]`` (1..K-1), ``targets [P, M, M]`` in [0, 1]. The mean
-    over all pixels of all RoIs; with ``class_weights [K]``, the per-RoI means are averaged with
-    weight ``class_weights[label]``. No positives: 0 (still connected to the graph).
+#: Smoothing term of the dice loss, added to numerator and denominator (Laplace smoothing): a RoI
+#: whose target and prediction are both empty scores 0 instead of 0/0, and the gradient stays finite.
+DICE_SMOOTH = 1.0
+
+
+def dice_loss(probs: Tensor, targets: Tensor, smooth: float = DICE_SMOOTH) -> Tensor:
+    """Per-RoI dice loss ``[P]``: ``1 - (2 * sum(p * t) + smooth) / (sum(p) + sum(t) + smooth)``.
+
+    ``probs [P, M, M]`` in [0, 1] (the predicted class's sigmoid), ``targets [P, M, M]`` in [0, 1]
+    (soft targets are used as they are). A perfect prediction gives ~0, a disjoint one
+    ``1 - smooth / (sum(p) + sum(t) + smooth)`` (~1 for masks of more than a few pixels).
+    """
+    inter = (probs * targets).flatten(1).sum(1)
+    total = probs.flatten(1).sum(1) + targets.flatten(1).sum(1)
+    return 1 - (2 * inter + smooth) / (total + smooth)
+
+
+def _roi_mean(per_roi: Tensor, labels: Tensor, class_weights: Tensor | None) -> Tensor:
+    """Mean of ``per_roi [P]``; with ``class_weights [K]`` weighted by ``class_weights[label]``."""
+    if class_weights is None:
+        return per_roi.mean()
+    w = class_weights[labels]
+    return (per_roi * w).sum() / w.sum().clamp(min=1e-12)
+
+
+def mask_loss(mask_logits: Tensor, labels: Tensor, targets: Tensor, class_weights: Tensor | None = None,
+              kind: str = "bce", dice_weight: float = 1.0) -> Tensor:
+    """The mask loss of each RoI's labelled-class logits against its target (``Config.mask_loss``).
+
+    ``mask_logits [P, K, M, M]``, ``labels [P]`` (1..K-1), ``targets [P, M, M]`` in [0, 1]; computed
+    in fp32. ``kind``:
+
+    * ``"bce"``: binary cross-entropy, the mean over all pixels of all RoIs (Matterport's and
+      torchvision's loss); with ``class_weights [K]``, per-RoI means averaged with weight
+      ``class_weights[label]``;
+    * ``"dice"``: ``dice_weight *`` the mean over RoIs of :func:`dice_loss` of the sigmoid (the same
+      class weighting);
+    * ``"bce+dice"``: the sum of both (``bce + dice_weight * dice``).
+
+    No positives: 0 (still connected to the graph).
     """
     if targets.shape[0] == 0:
         return mask_logits.sum() * 0
     logits = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels].float()
-    if class_weights is None:
-        return F.binary_cross_entropy_with_logits(logits, targets)
-    per = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean((1, 2))
-    w = class_weights[labels]
-    return (per * w).sum() / w.sum().clamp(min=1e-12)
+    if kind not in MASK_LOSSES:
+        raise ValueError(f"mask loss {kind!r}: use one of {', '.join(MASK_LOSSES)}")
+    loss = None
+    if kind != "dice":
+        if class_weights is None:
+            loss = F.binary_cross_entropy_with_logits(logits, targets)
+        else:
+            per = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean((1, 2))
+            loss = _roi_mean(per, labels, class_weights)
+    if kind != "bce":
+        dice = dice_weight * _roi_mean(dice_loss(logits.sigmoid(), targets.float()), labels, class_weights)
+        loss = dice if loss is None else loss + dice
+    return loss
 
 
 class MaskPredictor(nn.Module):
@@ -119,17 +167,23 @@ class MaskPredictor(nn.Module):
         mini_masks: targets' ``"masks"`` are mini-masks cropped to their boxes (``Config.use_mini_mask``).
         class_weights: optional ``[K]`` per-class loss weights (``Config.class_loss_weights``).
         loss_weights: ``Config.loss_weights``; this head reads ``mrcnn_mask``.
+        loss, dice_weight: ``Config.mask_loss`` (``bce``, ``dice`` or ``bce+dice``) and
+            ``Config.mask_dice_weight`` (see :func:`mask_loss`).
     """
 
     def __init__(self, cin: int, channels: int, num_classes: int, *, mini_masks: bool = False,
-                 class_weights: list[float] | None = None, loss_weights: Mapping[str, float] | None = None) -> None:
+                 class_weights: list[float] | None = None, loss_weights: Mapping[str, float] | None = None,
+                 loss: str = "bce", dice_weight: float = 1.0) -> None:
         super().__init__()
         self.conv5_mask = nn.ConvTranspose2d(cin, channels, 2, 2, 0)
         self.mask_fcn_logits = nn.Conv2d(channels, num_classes, 1)
         for m in (self.conv5_mask, self.mask_fcn_logits):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(m.bias)
+        if loss not in MASK_LOSSES:
+            raise ValueError(f"mask loss {loss!r}: use one of {', '.join(MASK_LOSSES)}")
         self.mini_masks = mini_masks
+        self.loss_kind, self.dice_weight = loss, float(dice_weight)
         self.loss_weights = dict(loss_weights) if loss_weights is not None else None
         self.register_buffer("class_weights", None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32),
                              persistent=False)
@@ -168,7 +222,7 @@ class MaskPredictor(nn.Module):
         size = logits.shape[-1]
         gt = torch.cat([mask_targets(r, m, t["masks"], t["boxes"], size, self.mini_masks)
                         for r, m, t in zip(rois, matched, targets)])
-        loss = mask_loss(logits, torch.cat(labels), gt, self.class_weights)
+        loss = mask_loss(logits, torch.cat(labels), gt, self.class_weights, self.loss_kind, self.dice_weight)
         return weighted_losses({"mrcnn_mask": loss}, self.loss_weights)
 
     # ------------------------------------------------------------------ inference

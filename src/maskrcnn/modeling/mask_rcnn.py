@@ -1,6 +1,6 @@
 """The Mask R-CNN meta-architecture and its constructor from a :class:`~maskrcnn.config.Config`.
 
-``MaskRCNN`` composes: backbone (ResNet body + FPN) -> RPN -> RoI heads (box, mask). See
+``MaskRCNN`` composes: backbone (ResNet or timm body + FPN) -> RPN -> RoI heads (box, mask). See
 ``docs/design.md`` for the train/eval contracts.
 """
 
@@ -40,7 +40,7 @@ class MaskRCNN(nn.Module):
     in both modes (normalise; resize at inference; pad into one batch) and maps boxes back.
     """
 
-    def __init__(self, config: Config, backbone: BackboneWithFPN, rpn: RegionProposalNetwork, roi_heads: RoIHeads) -> None:
+    def __init__(self, config: Config, backbone: nn.Module, rpn: RegionProposalNetwork, roi_heads: RoIHeads) -> None:
         super().__init__()
         self.config = config
         self.backbone = backbone
@@ -97,14 +97,27 @@ class MaskRCNN(nn.Module):
         return self.roi_heads.detect(feats, proposals, batch.image_sizes, score_threshold=score_threshold)
 
 
-def build_model(config: Config) -> MaskRCNN:
-    """Construct an untrained model for ``config`` (weights are loaded separately, see :mod:`maskrcnn.weights`)."""
+def build_model(config: Config, *, pretrained_backbone: bool = False) -> MaskRCNN:
+    """Construct an untrained model for ``config`` (weights are loaded separately, see :mod:`maskrcnn.weights`).
+
+    ``pretrained_backbone``: load ``Config.timm_pretrained`` (ImageNet weights of a timm body) when
+    set; the trainer asks for it when a run starts from scratch.
+    """
     c = config
     v2 = c.architecture == "v2"
-    eps = 1e-5 if c.frozen_bn_eps is None else c.frozen_bn_eps
-    backbone = BackboneWithFPN(c.backbone, c.fpn_channels, v2=v2, in_channels=c.image_channel_count,
-                               width=c.backbone_width, frozen_bn_eps=eps, trainable_bn=c.train_bn)
-    backbone.body.gradient_checkpointing = c.gradient_checkpointing
+    backbone: nn.Module
+    if c.backbone.startswith("timm:"):
+        from .timm_backbone import TimmBackboneWithFPN
+
+        backbone = TimmBackboneWithFPN(c.backbone[len("timm:"):], c.fpn_channels, v2=v2, in_channels=c.image_channel_count,
+                                       gradient_checkpointing=c.gradient_checkpointing)
+        if pretrained_backbone and c.timm_pretrained:
+            backbone.load_pretrained(c.timm_pretrained)
+    else:
+        eps = 1e-5 if c.frozen_bn_eps is None else c.frozen_bn_eps
+        backbone = BackboneWithFPN(c.backbone, c.fpn_channels, v2=v2, in_channels=c.image_channel_count,
+                                   width=c.backbone_width, frozen_bn_eps=eps, trainable_bn=c.train_bn)
+        backbone.body.gradient_checkpointing = c.gradient_checkpointing
     anchors = AnchorGenerator(c.rpn_anchor_scales, c.rpn_anchor_ratios)
     rpn = RegionProposalNetwork(
         RPNHead(c.fpn_channels, anchors.num_anchors_per_location, conv_depth=2 if v2 else 1), anchors,
@@ -124,7 +137,8 @@ def build_model(config: Config) -> MaskRCNN:
         nms_thresh=c.detection_nms_threshold, detections_per_img=c.detection_max_instances,
         class_weights=c.class_loss_weights, loss_weights=c.loss_weights)
     mask_predictor = MaskPredictor(mask_head.out_channels, c.mask_head_channels, c.num_classes, mini_masks=c.use_mini_mask,
-                                   class_weights=c.class_loss_weights, loss_weights=c.loss_weights)
+                                   class_weights=c.class_loss_weights, loss_weights=c.loss_weights,
+                                   loss=c.mask_loss, dice_weight=c.mask_dice_weight)
     roi_heads = RoIHeads(
         box_head, box_predictor, mask_head, mask_predictor,
         pool_size=c.pool_size, mask_pool_size=c.mask_pool_size, sampling_ratio=c.roi_sampling_ratio,

@@ -44,11 +44,14 @@ __all__ = ["PeakModel", "static_bytes", "trainable_bytes", "parameter_bytes", "f
 _PIXEL_LEVERS = ("image_size", "crop")
 
 @lru_cache(maxsize=4)
-def _model_facts(arch_json: str) -> tuple[tuple[tuple[str, int, bool], ...], dict[str, float]]:
-    """Parameter table ``(name, bytes, is_norm)`` and the cumulative activation share of the frozen
-    backbone prefix of each ``layers`` preset, for the architecture fields in ``arch_json``."""
+def _model_facts(arch_json: str) -> tuple[tuple[tuple[str, int, bool], ...], dict[str, float], dict[str, str]]:
+    """Parameter table ``(name, bytes, is_norm)``, the cumulative activation share of the frozen
+    backbone prefix of each ``layers`` preset (ResNet bodies; 0 for others) and each preset's regex
+    on this model, for the architecture fields in ``arch_json``."""
     import torch
 
+    from ..config import LAYER_PRESETS
+    from ..engine.optim import layer_regex
     from ..modeling import build_model
 
     cfg = Config(**json.loads(arch_json))
@@ -58,6 +61,7 @@ def _model_facts(arch_json: str) -> tuple[tuple[tuple[str, int, bool], ...], dic
         if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
             norm.update(f"{mod_name}.{p}" for p, _ in mod.named_parameters(recurse=False))
     table = tuple((n, p.numel() * p.element_size(), n in norm) for n, p in model.named_parameters())
+    regexes = {preset: layer_regex(model, cfg.replace(layers=preset)) for preset in LAYER_PRESETS}
     body = model.backbone.body
     counts: dict[str, int] = {}
     hooks = []
@@ -82,7 +86,7 @@ def _model_facts(arch_json: str) -> tuple[tuple[tuple[str, int, bool], ...], dic
         acc += counts.get(group, 0) / total
         if preset:
             shares[preset] = acc
-    return table, shares
+    return table, shares, regexes
 
 
 def _arch_json(config: Config) -> str:
@@ -96,20 +100,20 @@ def _arch_json(config: Config) -> str:
 def trainable_bytes(config: Config) -> int:
     """Bytes of the parameters ``config.layers`` / ``train_bn`` leave trainable (their gradients and
     optimizer state take as much each); as :func:`maskrcnn.engine.optim.select_trainable` selects them."""
-    table, _ = _model_facts(_arch_json(config))
-    pattern = re.compile(config.layer_regex())
+    table, _, regexes = _model_facts(_arch_json(config))
+    pattern = re.compile(regexes.get(config.layers, config.layer_regex()))
     return sum(b for name, b, is_norm in table if pattern.search(name) and (config.train_bn or not is_norm))
 
 
 def frozen_share(config: Config) -> float:
     """Share of the backbone body's activations in the stages ``config.layers`` freezes (0 for ``all``)."""
-    _, shares = _model_facts(_arch_json(config))
+    _, shares, _ = _model_facts(_arch_json(config))
     return shares.get(config.layers, 0.0)
 
 
 def parameter_bytes(config: Config) -> int:
     """Bytes of all parameters of the model of ``config`` (trainable or not)."""
-    table, _ = _model_facts(_arch_json(config))
+    table, _, _ = _model_facts(_arch_json(config))
     return sum(b for _, b, _ in table)
 
 
