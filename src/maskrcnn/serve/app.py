@@ -2,8 +2,7 @@
 
 Endpoints (OpenAPI docs at ``/docs``):
 
-* ``POST /v1/detect``: an image as a multipart upload (a file field, ``image`` when there are
-  several fields) or as the raw body (``Content-Type: image/*`` or ``application/octet-stream``).
+* ``POST /v1/detect``: an image as a multipart upload (one file field, e.g. ``image``) or as the raw body (``Content-Type: image/*`` or ``application/octet-stream``).
   Query: ``score`` (0-1, default 0.5), ``max_detections``, ``image_id`` and
   ``format=coco|matterport|png``: COCO results (RLE masks, ``bbox`` x, y, w, h, plus
   ``class_name`` and ``area``), Matterport's dict (``rois`` y1, x1, y2, x2, masks as RLE), or the
