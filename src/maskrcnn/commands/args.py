@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["probability", "positive_int", "non_negative_int", "positive_float", "non_negative_float"]
+__all__ = ["probability", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "port"]
 
 
 def _number(text: str, kind: str, example: str) -> float:
@@ -59,3 +59,5 @@ non_negative_int = _checked("non_negative_int", _integer, "a whole number, at le
 positive_float = _checked("positive_float", _number, "a number above 0", "30", lambda v: v > 0)
 #: A finite number ``>= 0``.
 non_negative_float = _checked("non_negative_float", _number, "a number, at least 0", "0.1", lambda v: v >= 0)
+#: A TCP port number from 1 to 65535.
+port = _checked("port", _integer, "a TCP port from 1 to 65535", "8000", lambda v: 1 <= v <= 65535)
