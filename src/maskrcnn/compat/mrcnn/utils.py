@@ -1,0 +1,84 @@
+"""Matterport's ``mrcnn.utils``: the dataset base class, mask AP, boxes from masks, weights.
+
+Each name delegates to the one implementation in this project:
+
+* ``Dataset``: :class:`maskrcnn.data.Dataset` (Matterport's registry API);
+* ``compute_ap``, ``compute_ap_range``, ``compute_matches``, ``compute_overlaps_masks``,
+  ``trim_zeros``: :mod:`maskrcnn.evaluation.voc` (same algorithm and numbers; masks ``[H, W, N]``);
+* ``extract_bboxes``: :func:`maskrcnn.data.augment.boxes_from_masks`, returned in Matterport's
+  ``[N, (y1, x1, y2, x2)]`` int32 order (``y2``/``x2`` exclusive, zeros for an empty mask);
+* ``resize_image``: :func:`maskrcnn.data.resize.plan_resize` (Matterport's modes);
+* ``download_trained_weights``: downloads torchvision's COCO model (``"coco"``, hash-checked,
+  with the offline message), since Matterport's ``.h5`` cannot be loaded yet.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...data.augment import boxes_from_masks
+from ...data.dataset import Dataset
+from ...data.resize import plan_resize
+from ...errors import DataError
+from ...evaluation.voc import compute_ap, compute_ap_range, compute_matches, compute_overlaps_masks
+from ...evaluation.voc import _trim_zeros as trim_zeros
+
+__all__ = ["Dataset", "compute_ap", "compute_ap_range", "compute_matches", "compute_overlaps_masks", "trim_zeros",
+           "extract_bboxes", "resize_image", "download_trained_weights", "COCO_MODEL_URL"]
+
+#: Matterport's constant; the file behind it is an ``.h5`` that cannot be loaded here yet.
+COCO_MODEL_URL = "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"
+
+
+def extract_bboxes(mask: np.ndarray) -> np.ndarray:
+    """Boxes ``[N, (y1, x1, y2, x2)]`` int32 of masks ``[H, W, N]`` (y2, x2 one past the last pixel)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise DataError(f"extract_bboxes: expected masks [H, W, N], got shape {tuple(mask.shape)}")
+    xyxy = boxes_from_masks(np.moveaxis(mask, -1, 0) != 0)
+    return xyxy[:, [1, 0, 3, 2]].astype(np.int32)
+
+
+def resize_image(image: np.ndarray, min_dim: int | None = None, max_dim: int | None = None,
+                 min_scale: float | None = None, mode: str = "square"
+                 ) -> tuple[np.ndarray, tuple[int, int, int, int], float, list[tuple[int, int]], tuple[int, int, int, int] | None]:
+    """Matterport's ``resize_image``: ``(image, window (y1, x1, y2, x2), scale, padding, crop)``.
+
+    ``image`` ``[H, W, C]`` keeps its dtype; padding is ``[(top, bottom), (left, right), (0, 0)]``
+    (for ``np.pad``); ``crop`` is ``(y, x, h, w)`` in ``crop`` mode, else None. The geometry is
+    :func:`maskrcnn.data.resize.plan_resize`, the rule training and inference use.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise DataError(f"resize_image: expected an [H, W, C] image, got shape {tuple(image.shape)}")
+    h, w = image.shape[:2]
+    info = plan_resize(h, w, mode, int(min_dim or 1), int(max_dim or max(h, w, min_dim or 1)), float(min_scale or 0.0),
+                       rng=np.random.default_rng(), name="resize_image")
+    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+    out = info.apply_image(tensor).permute(1, 2, 0).numpy()
+    if np.issubdtype(image.dtype, np.integer):
+        limits = np.iinfo(image.dtype)
+        out = np.clip(np.round(out), limits.min, limits.max)
+    padding = [tuple(info.padding[0]), tuple(info.padding[1]), (0, 0)]
+    return out.astype(image.dtype), tuple(info.window), float(info.scale), padding, info.crop
+
+
+def download_trained_weights(coco_model_path: str | os.PathLike[str], verbose: int = 1) -> Path:
+    """Download torchvision's COCO Mask R-CNN (``"coco"``, once, hash-checked) and return its cache path.
+
+    Matterport's ``mask_rcnn_coco.h5`` cannot be loaded here yet, so nothing is written to
+    ``coco_model_path``: load the COCO weights with ``model.load_weights("coco", ...)`` (a
+    ResNet-50: set ``BACKBONE = "resnet50"``). Offline, the error says where to put the file.
+    """
+    from ...weights import resolve_named
+
+    path, _ = resolve_named("coco", progress=bool(verbose))
+    print(f"download_trained_weights: Matterport's .h5 cannot be loaded yet, so {coco_model_path} was not written; "
+          f"torchvision's COCO weights are in {path}: use model.load_weights('coco', by_name=True, exclude=[...])",
+          file=sys.stderr)
+    return path
