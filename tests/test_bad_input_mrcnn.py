@@ -173,3 +173,13 @@ def test_utils_shapes(call: Any, fragments: tuple[str, ...]) -> None:
     with pytest.raises(MaskRCNNError) as err:
         call()
     assert_one_line_error(err, *fragments)
+
+
+@pytest.mark.parametrize("kw, fragments", [
+    (dict(image_id=7), ("load_image_gt", "image_id 7", "prepare()")),
+    (dict(image_id=0, augment=True), ("load_image_gt", "train()")),
+])
+def test_load_image_gt_arguments(datasets: tuple[Any, Any], kw: dict, fragments: tuple[str, ...]) -> None:
+    with pytest.raises(MaskRCNNError) as err:
+        modellib.load_image_gt(datasets[0], ShapesConfig(), **kw)
+    assert_one_line_error(err, *fragments)

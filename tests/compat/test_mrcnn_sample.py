@@ -100,9 +100,9 @@ def test_shapes_sample_trains_in_stages_then_detects(tmp_path: Path) -> None:
     assert model.epoch == 3 and model.log_dir == str(log_dir)  # Matterport: continue that run folder
 
     image_id = dataset_val.image_ids[0]
-    image = dataset_val.load_image(image_id)
-    gt_mask, gt_class_id = dataset_val.load_mask(image_id)
-    gt_bbox = utils.extract_bboxes(gt_mask)
+    image, image_meta, gt_class_id, gt_bbox, gt_mask = modellib.load_image_gt(dataset_val, inference_config, image_id,
+                                                                              use_mini_mask=False)
+    modellib.log("original_image", image)
     results = model.detect([image], verbose=1)
     r = results[0]
     ap, precisions, recalls, overlaps = utils.compute_ap(gt_bbox, gt_class_id, gt_mask,
@@ -111,6 +111,16 @@ def test_shapes_sample_trains_in_stages_then_detects(tmp_path: Path) -> None:
     visualize.display_instances(image, r["rois"], r["masks"], r["class_ids"], dataset_val.class_names, r["scores"], ax=ax)
 
     # ---------------------------------------------------------------- checked against our API
+    masks, class_ids = dataset_val.load_mask(image_id)  # 64 x 64 images: "square" 64 leaves them as they are
+    np.testing.assert_array_equal(image, dataset_val.load_image(image_id))
+    keep = masks.any(axis=(0, 1))
+    np.testing.assert_array_equal(gt_mask, masks[:, :, keep])
+    np.testing.assert_array_equal(gt_class_id, class_ids[keep])
+    np.testing.assert_array_equal(gt_bbox, utils.extract_bboxes(masks[:, :, keep]))
+    assert image_meta.shape == (inference_config.IMAGE_META_SIZE,)
+    meta = modellib.parse_image_meta(image_meta[None])
+    assert meta["original_image_shape"][0].tolist() == [64, 64, 3] and meta["window"][0].tolist() == [0, 0, 64, 64]
+    assert meta["scale"][0] == 1.0 and meta["active_class_ids"][0].tolist() == [1, 1, 1, 1]
     assert len(results) == 1 and set(r) == {"rois", "class_ids", "scores", "masks"}
     n = len(r["scores"])
     assert n > 0 and r["rois"].shape == (n, 4) and r["rois"].dtype == np.int32
@@ -169,6 +179,23 @@ def test_compute_ap_extract_bboxes_and_display_helpers_on_known_values() -> None
     fig = visualize.display_top_masks(np.zeros((20, 20, 3), np.uint8), gt, np.array([1, 2]), ["BG", "a", "b"], limit=2)
     assert [ax.get_title() for ax in fig.axes] == ["H x W=20x20", "a", "b"]  # equal areas: class order kept
     plt.close("all")
+
+
+def test_load_image_gt_resizes_as_the_config_says() -> None:
+    class Bigger(ShapesConfig):
+        IMAGE_MIN_DIM = 96
+        IMAGE_MAX_DIM = 128
+
+    dataset, _ = shapes_datasets(train=1, val=1)
+    image, meta, class_ids, bbox, mask = modellib.load_image_gt(dataset, Bigger(), 0, use_mini_mask=False)
+    # 64 x 64 scaled by 96 / 64 to 96 x 96, centred in 128 x 128
+    assert image.shape == (128, 128, 3) and image.dtype == np.uint8 and mask.shape[:2] == (128, 128)
+    fields = modellib.parse_image_meta(meta[None])
+    assert fields["window"][0].tolist() == [16, 16, 112, 112] and fields["scale"][0] == 1.5
+    np.testing.assert_array_equal(bbox, utils.extract_bboxes(mask))
+    assert not image[:16].any() and not mask[:16].any()
+    _, _, mini_ids, mini_bbox, mini = modellib.load_image_gt(dataset, Bigger(), 0, use_mini_mask=True)
+    assert mini.shape == (28, 28, len(class_ids)) and mini_bbox.tolist() == bbox.tolist()  # MINI_MASK_SHAPE
 
 
 def test_resize_image_matches_matterport_square_geometry() -> None:

@@ -28,6 +28,10 @@
   :func:`maskrcnn.weights.resolve_weights`; ``exclude`` takes Matterport's layer names.
   Matterport ``.h5`` files cannot be loaded yet (a one-line error says what to use).
 * ``find_last()``, ``get_imagenet_weights()``, ``log_dir``, ``epoch`` as Matterport's.
+
+Module functions of Matterport's that scripts and notebooks call: ``load_image_gt`` (the resized
+image and its ground truth, through the training pipeline), ``compose_image_meta``,
+``parse_image_meta`` and ``log``.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ from ...engine.hooks import HookBase
 from ...errors import MaskRCNNError, WeightsError
 from ...utils.files import atomic_write
 
-__all__ = ["MaskRCNN", "MATTERPORT_LAYERS", "MASK_AUGMENTERS", "CheckpointNotFoundError"]
+__all__ = ["MaskRCNN", "MATTERPORT_LAYERS", "MASK_AUGMENTERS", "CheckpointNotFoundError", "load_image_gt",
+           "compose_image_meta", "parse_image_meta", "log", "imgaug_augment_fn"]
 
 #: Matterport layer names (``load_weights(exclude=...)``) -> prefixes of our parameter names.
 MATTERPORT_LAYERS: dict[str, tuple[str, ...]] = {
@@ -283,17 +288,74 @@ class MaskRCNN:
                                            "create it with mode='inference'")
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if verbose:
-            print(f"Processing {len(images)} images")
+            log(f"Processing {len(images)} images")
             for image in images:
-                a = np.asarray(image)
-                print(f"{'image':25}shape: {str(a.shape):20}min: {a.min() if a.size else 0:10.5f}  "
-                      f"max: {a.max() if a.size else 0:10.5f}  {a.dtype}")
+                log("image", np.asarray(image))
         if self._predictor is None:
             from ...inference.predictor import Predictor
 
             self._predictor = Predictor(self.module, device="cuda" if torch.cuda.is_available() else "cpu")
         detections = self._predictor.detect(images, batch_size=self.settings.images_per_gpu)
         return [d.to_matterport() for d in detections]
+
+
+def log(text: str, array: np.ndarray | None = None) -> None:
+    """Print ``text`` and, with ``array``, its shape, min, max and dtype (Matterport's ``log``)."""
+    if array is not None:
+        a = np.asarray(array)
+        text = text.ljust(25) + f"shape: {str(a.shape):20}  "
+        text += (f"min: {a.min():10.5f}  max: {a.max():10.5f}" if a.size else f"min: {'':10}  max: {'':10}")
+        text += f"  {a.dtype}"
+    print(text)
+
+
+def compose_image_meta(image_id: int, original_image_shape: Sequence[int], image_shape: Sequence[int],
+                       window: Sequence[int], scale: float, active_class_ids: Sequence[int]) -> np.ndarray:
+    """Matterport's image meta row: id, original shape (3), resized shape (3), window (4), scale,
+    active class ids (one per class)."""
+    return np.array([image_id, *original_image_shape, *image_shape, *window, scale, *active_class_ids])
+
+
+def parse_image_meta(meta: np.ndarray) -> dict[str, np.ndarray]:
+    """The fields of image meta rows ``[batch, meta length]`` (inverse of :func:`compose_image_meta`)."""
+    meta = np.asarray(meta)
+    return {"image_id": meta[:, 0].astype(np.int32), "original_image_shape": meta[:, 1:4].astype(np.int32),
+            "image_shape": meta[:, 4:7].astype(np.int32), "window": meta[:, 7:11].astype(np.int32),
+            "scale": meta[:, 11].astype(np.float32), "active_class_ids": meta[:, 12:].astype(np.int32)}
+
+
+def load_image_gt(dataset: Dataset, config: Any, image_id: int, augment: bool = False, augmentation: Any = None,
+                  use_mini_mask: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(image, image_meta, class_ids, bbox, mask)`` of one image as the network sees it: resized per
+    the config (:class:`maskrcnn.data.pipeline.TrainingDataset`, no augmentation), boxes
+    ``[N, (y1, x1, y2, x2)]`` from the masks, masks ``[H, W, N]`` bool (mini-masks with
+    ``use_mini_mask``). Instances left without pixels are dropped, as in Matterport."""
+    from ...compat.matterport import convert_matterport
+    from ...data.resize import plan_resize
+
+    if augment or augmentation is not None:
+        raise MaskRCNNError("load_image_gt: augment/augmentation are applied by train() here; call it without them")
+    values, _ = convert_matterport(config)  # the notes were printed when the model read the config
+    settings = Settings.create(**{**values, "use_mini_mask": bool(use_mini_mask)})
+    pipeline = TrainingDataset(dataset, settings, train=False, skip_errors=False)
+    where = np.flatnonzero(pipeline.image_ids == int(image_id))
+    if not len(where):
+        raise MaskRCNNError(f"load_image_gt: image_id {image_id} is not in the dataset (ids 0..{len(pipeline) - 1}); "
+                            "call prepare() after add_image()")
+    tensor, target = pipeline.load(int(where[0]))
+    original = np.asarray(dataset.load_image(int(image_id)))
+    top = 65535.0 if original.dtype == np.uint16 else 255.0
+    image = np.round(tensor.permute(1, 2, 0).numpy() * top).astype(original.dtype)
+    masks = target["masks"].numpy().transpose(1, 2, 0).astype(bool)
+    bbox = target["boxes"].numpy()[:, [1, 0, 3, 2]].astype(np.int32)
+    class_ids = target["labels"].numpy().astype(np.int32)
+    h, w = target["orig_size"]
+    scale = plan_resize(h, w, settings.image_resize_mode, settings.image_min_dim, settings.image_max_dim,
+                        settings.image_min_scale, rng=np.random.default_rng(0)).scale
+    active = np.zeros([dataset.num_classes], dtype=np.int32)
+    active[dataset.source_class_ids[dataset.image_info[int(image_id)]["source"]]] = 1
+    meta = compose_image_meta(int(image_id), original.shape, image.shape, target["window"], scale, active)
+    return image, meta, class_ids, bbox, masks
 
 
 def _hooks(custom_callbacks: Sequence[Any] | None) -> list[HookBase]:
