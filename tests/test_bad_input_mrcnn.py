@@ -154,6 +154,10 @@ def test_matterport_keras_attributes_say_what_to_use(tmp_path: Path) -> None:
         model.keras_model.summary()
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         model.nonsense  # noqa: B018
+    with pytest.raises(AttributeError, match=r"mrcnn\.model\.data_generator: .*train\(\) feeds the data"):
+        modellib.data_generator  # noqa: B018
+    with pytest.raises(AttributeError, match=r"mrcnn\.utils\.resize_mask: .*load_image_gt"):
+        utils.resize_mask  # noqa: B018
 
 
 def test_download_trained_weights_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -127,7 +127,8 @@ def test_shapes_sample_trains_in_stages_then_detects(tmp_path: Path) -> None:
     assert r["masks"].shape == (64, 64, n) and r["masks"].dtype == bool
     from maskrcnn import load
 
-    ours = load(model_path, device="cpu", detection_min_confidence=0.0).detect(image)[0]
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where MaskRCNN.detect runs
+    ours = load(model_path, device=device, detection_min_confidence=0.0).detect(image)[0]
     np.testing.assert_array_equal(r["rois"], np.round(ours.boxes[:, [1, 0, 3, 2]]).astype(np.int32))  # y1, x1, y2, x2
     np.testing.assert_array_equal(r["class_ids"], ours.class_ids)
     np.testing.assert_allclose(r["scores"], ours.scores, rtol=0, atol=1e-6)
@@ -196,6 +197,12 @@ def test_load_image_gt_resizes_as_the_config_says() -> None:
     assert not image[:16].any() and not mask[:16].any()
     _, _, mini_ids, mini_bbox, mini = modellib.load_image_gt(dataset, Bigger(), 0, use_mini_mask=True)
     assert mini.shape == (28, 28, len(class_ids)) and mini_bbox.tolist() == bbox.tolist()  # MINI_MASK_SHAPE
+    np.testing.assert_array_equal(mini, utils.minimize_mask(bbox, mask, (28, 28)))  # the pipeline's rule
+    square = np.zeros((128, 128, 1), dtype=bool)
+    square[20:40, 30:60] = True  # a box is filled in its mini mask, and comes back exactly
+    box = utils.extract_bboxes(square)
+    assert utils.minimize_mask(box, square, (7, 7)).all()
+    np.testing.assert_array_equal(utils.expand_mask(box, utils.minimize_mask(box, square, (7, 7)), (128, 128, 3)), square)
 
 
 def test_resize_image_matches_matterport_square_geometry() -> None:

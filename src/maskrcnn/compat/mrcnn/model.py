@@ -96,6 +96,23 @@ _NOT_HERE = {
 }
 
 
+#: Matterport's module-level functions and classes with no counterpart here, and what to use.
+_MODULE_NOT_HERE = {
+    "data_generator": "train() feeds the data (maskrcnn.data.pipeline.TrainingDataset for the samples)",
+    "DataGenerator": "train() feeds the data (maskrcnn.data.pipeline.TrainingDataset for the samples)",
+    "mold_image": "the network normalises its input itself (MaskRCNN.detect takes the original images)",
+    "unmold_image": "load_image_gt returns the image as it is, not normalised",
+    "build_rpn_targets": "the RPN matches anchors inside model.module (maskrcnn.modeling.rpn)",
+    "build_detection_targets": "the RoI heads sample their targets inside model.module (maskrcnn.modeling.roi_heads)",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULE_NOT_HERE:
+        raise AttributeError(f"mrcnn.model.{name}: Matterport's Keras-era helper is not available here; {_MODULE_NOT_HERE[name]}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class CheckpointNotFoundError(WeightsError, FileNotFoundError):
     """``find_last()`` found no run folder or no checkpoint (a ``FileNotFoundError``, as Matterport's)."""
 

@@ -8,6 +8,8 @@ Each name delegates to the one implementation in this project:
 * ``extract_bboxes``: :func:`maskrcnn.data.augment.boxes_from_masks`, returned in Matterport's
   ``[N, (y1, x1, y2, x2)]`` int32 order (``y2``/``x2`` exclusive, zeros for an empty mask);
 * ``resize_image``: :func:`maskrcnn.data.resize.plan_resize` (Matterport's modes);
+* ``minimize_mask`` / ``expand_mask``: :mod:`maskrcnn.data.minimask` (the training pipeline's
+  mini-masks: bilinear resampling thresholded at 0.5, not Matterport's skimage resize);
 * ``download_trained_weights``: downloads torchvision's COCO model (``"coco"``, hash-checked,
   with the offline message), since Matterport's ``.h5`` cannot be loaded yet.
 """
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from ...data.augment import boxes_from_masks
+from ...data.minimask import expand_masks, minimize_masks
 from ...data.dataset import Dataset
 from ...data.resize import plan_resize
 from ...errors import DataError
@@ -29,7 +32,7 @@ from ...evaluation.voc import compute_ap, compute_ap_range, compute_matches, com
 from ...evaluation.voc import _trim_zeros as trim_zeros
 
 __all__ = ["Dataset", "compute_ap", "compute_ap_range", "compute_matches", "compute_overlaps_masks", "trim_zeros",
-           "extract_bboxes", "resize_image", "download_trained_weights", "COCO_MODEL_URL"]
+           "extract_bboxes", "resize_image", "minimize_mask", "expand_mask", "download_trained_weights", "COCO_MODEL_URL"]
 
 #: Matterport's constant; the file behind it is an ``.h5`` that cannot be loaded here yet.
 COCO_MODEL_URL = "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"
@@ -42,6 +45,23 @@ def extract_bboxes(mask: np.ndarray) -> np.ndarray:
         raise DataError(f"extract_bboxes: expected masks [H, W, N], got shape {tuple(mask.shape)}")
     xyxy = boxes_from_masks(np.moveaxis(mask, -1, 0) != 0)
     return xyxy[:, [1, 0, 3, 2]].astype(np.int32)
+
+
+def _xyxy(bbox: np.ndarray) -> np.ndarray:
+    """Matterport's ``[N, (y1, x1, y2, x2)]`` -> ``[N, (x1, y1, x2, y2)]``."""
+    return np.asarray(bbox, dtype=np.float64).reshape(-1, 4)[:, [1, 0, 3, 2]]
+
+
+def minimize_mask(bbox: np.ndarray, mask: np.ndarray, mini_shape: tuple[int, int]) -> np.ndarray:
+    """Masks ``[H, W, N]`` cropped to their boxes ``[N, (y1, x1, y2, x2)]`` and resized: ``[mh, mw, N]`` bool."""
+    minis = minimize_masks(np.moveaxis(np.asarray(mask) != 0, -1, 0), _xyxy(bbox), mini_shape)
+    return np.moveaxis(minis, 0, -1).astype(bool)
+
+
+def expand_mask(bbox: np.ndarray, mini_mask: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+    """Mini masks ``[mh, mw, N]`` pasted back at their boxes: ``[H, W, N]`` bool (``image_shape[:2]``)."""
+    full = expand_masks(np.moveaxis(np.asarray(mini_mask) != 0, -1, 0).astype(np.uint8), _xyxy(bbox), tuple(image_shape[:2]))
+    return np.moveaxis(full, 0, -1).astype(bool)
 
 
 def resize_image(image: np.ndarray, min_dim: int | None = None, max_dim: int | None = None,
@@ -82,3 +102,21 @@ def download_trained_weights(coco_model_path: str | os.PathLike[str], verbose: i
           f"torchvision's COCO weights are in {path}: use model.load_weights('coco', by_name=True, exclude=[...])",
           file=sys.stderr)
     return path
+
+
+#: Matterport utilities with no counterpart here, and what to use.
+_NOT_HERE = {
+    "resize_mask": "model.load_image_gt resizes masks with the image (maskrcnn.data.resize.ResizeInfo.resize_masks)",
+    "unmold_mask": "maskrcnn.inference.paste.paste_masks",
+    "generate_pyramid_anchors": "anchors are made inside the model (maskrcnn.modeling.anchors)",
+    "non_max_suppression": "torchvision.ops.nms",
+    "compute_overlaps": "torchvision.ops.box_iou (boxes x1, y1, x2, y2)",
+    "box_refinement": "maskrcnn.modeling.box_coder",
+    "apply_box_deltas": "maskrcnn.modeling.box_coder",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _NOT_HERE:
+        raise AttributeError(f"mrcnn.utils.{name}: not available here; use {_NOT_HERE[name]}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
