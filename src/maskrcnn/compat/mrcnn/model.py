@@ -56,6 +56,7 @@ from ...data.pipeline import TrainingDataset
 from ...engine.hooks import HookBase
 from ...errors import MaskRCNNError, WeightsError
 from ...utils.files import atomic_write
+from ._unsupported import module_getattr
 
 __all__ = ["MaskRCNN", "MATTERPORT_LAYERS", "MASK_AUGMENTERS", "CheckpointNotFoundError", "load_image_gt",
            "compose_image_meta", "parse_image_meta", "log", "imgaug_augment_fn"]
@@ -107,10 +108,7 @@ _MODULE_NOT_HERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _MODULE_NOT_HERE:
-        raise AttributeError(f"mrcnn.model.{name}: Matterport's Keras-era helper is not available here; {_MODULE_NOT_HERE[name]}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = module_getattr(__name__, _MODULE_NOT_HERE)
 
 
 class CheckpointNotFoundError(WeightsError, FileNotFoundError):

@@ -30,6 +30,7 @@ from ...data.resize import plan_resize
 from ...errors import DataError
 from ...evaluation.voc import compute_ap, compute_ap_range, compute_matches, compute_overlaps_masks
 from ...evaluation.voc import _trim_zeros as trim_zeros
+from ._unsupported import module_getattr
 
 __all__ = ["Dataset", "compute_ap", "compute_ap_range", "compute_matches", "compute_overlaps_masks", "trim_zeros",
            "extract_bboxes", "resize_image", "minimize_mask", "expand_mask", "download_trained_weights", "COCO_MODEL_URL"]
@@ -106,17 +107,14 @@ def download_trained_weights(coco_model_path: str | os.PathLike[str], verbose: i
 
 #: Matterport utilities with no counterpart here, and what to use.
 _NOT_HERE = {
-    "resize_mask": "model.load_image_gt resizes masks with the image (maskrcnn.data.resize.ResizeInfo.resize_masks)",
-    "unmold_mask": "maskrcnn.inference.paste.paste_masks",
-    "generate_pyramid_anchors": "anchors are made inside the model (maskrcnn.modeling.anchors)",
-    "non_max_suppression": "torchvision.ops.nms",
-    "compute_overlaps": "torchvision.ops.box_iou (boxes x1, y1, x2, y2)",
-    "box_refinement": "maskrcnn.modeling.box_coder",
-    "apply_box_deltas": "maskrcnn.modeling.box_coder",
+    "resize_mask": "use model.load_image_gt resizes masks with the image (maskrcnn.data.resize.ResizeInfo.resize_masks)",
+    "unmold_mask": "use maskrcnn.inference.paste.paste_masks",
+    "generate_pyramid_anchors": "use anchors are made inside the model (maskrcnn.modeling.anchors)",
+    "non_max_suppression": "use torchvision.ops.nms",
+    "compute_overlaps": "use torchvision.ops.box_iou (boxes x1, y1, x2, y2)",
+    "box_refinement": "use maskrcnn.modeling.box_coder",
+    "apply_box_deltas": "use maskrcnn.modeling.box_coder",
 }
 
 
-def __getattr__(name: str) -> object:
-    if name in _NOT_HERE:
-        raise AttributeError(f"mrcnn.utils.{name}: not available here; use {_NOT_HERE[name]}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = module_getattr(__name__, _NOT_HERE)
