@@ -107,9 +107,9 @@ def download_trained_weights(coco_model_path: str | os.PathLike[str], verbose: i
 
 #: Matterport utilities with no counterpart here, and what to use.
 _NOT_HERE = {
-    "resize_mask": "use model.load_image_gt resizes masks with the image (maskrcnn.data.resize.ResizeInfo.resize_masks)",
+    "resize_mask": "model.load_image_gt resizes masks with the image (maskrcnn.data.resize.ResizeInfo.resize_masks)",
     "unmold_mask": "use maskrcnn.inference.paste.paste_masks",
-    "generate_pyramid_anchors": "use anchors are made inside the model (maskrcnn.modeling.anchors)",
+    "generate_pyramid_anchors": "anchors are made inside the model (maskrcnn.modeling.anchors)",
     "non_max_suppression": "use torchvision.ops.nms",
     "compute_overlaps": "use torchvision.ops.box_iou (boxes x1, y1, x2, y2)",
     "box_refinement": "use maskrcnn.modeling.box_coder",
