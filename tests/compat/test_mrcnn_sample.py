@@ -205,6 +205,21 @@ def test_load_image_gt_resizes_as_the_config_says() -> None:
     np.testing.assert_array_equal(utils.expand_mask(box, utils.minimize_mask(box, square, (7, 7)), (128, 128, 3)), square)
 
 
+@pytest.mark.parametrize("mode, shape", [("L", (6, 5)), ("RGBA", (6, 5, 4)), ("RGB", (6, 5, 3))])
+def test_dataset_load_image_is_rgb_as_matterport(tmp_path: Path, mode: str, shape: tuple[int, ...]) -> None:
+    from PIL import Image
+
+    pixels = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
+    Image.fromarray(pixels).save(tmp_path / "a.png")  # L, RGBA or RGB from the shape
+    dataset = utils.Dataset()
+    dataset.add_class("x", 1, "thing")
+    dataset.add_image("x", image_id="a", path=str(tmp_path / "a.png"))
+    dataset.prepare()
+    image = dataset.load_image(0)
+    rgb = np.repeat(pixels[:, :, None], 3, axis=2) if mode == "L" else pixels[:, :, :3]
+    np.testing.assert_array_equal(image, rgb)
+
+
 def test_resize_image_matches_matterport_square_geometry() -> None:
     image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
     out, window, scale, padding, crop = utils.resize_image(image, min_dim=64, max_dim=128, mode="square")

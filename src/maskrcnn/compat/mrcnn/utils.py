@@ -2,7 +2,8 @@
 
 Each name delegates to the one implementation in this project:
 
-* ``Dataset``: :class:`maskrcnn.data.Dataset` (Matterport's registry API);
+* ``Dataset``: :class:`maskrcnn.data.Dataset` (Matterport's registry API) whose ``load_image``
+  returns RGB as Matterport's does (grayscale repeated to 3 channels, a 4th channel dropped);
 * ``compute_ap``, ``compute_ap_range``, ``compute_matches``, ``compute_overlaps_masks``,
   ``trim_zeros``: :mod:`maskrcnn.evaluation.voc` (same algorithm and numbers; masks ``[H, W, N]``);
 * ``extract_bboxes``: :func:`maskrcnn.data.augment.boxes_from_masks`, returned in Matterport's
@@ -25,7 +26,7 @@ import torch
 
 from ...data.augment import boxes_from_masks
 from ...data.minimask import expand_masks, minimize_masks
-from ...data.dataset import Dataset
+from ...data.dataset import Dataset as _Dataset
 from ...data.resize import plan_resize
 from ...errors import DataError
 from ...evaluation.voc import compute_ap, compute_ap_range, compute_matches, compute_overlaps_masks
@@ -37,6 +38,22 @@ __all__ = ["Dataset", "compute_ap", "compute_ap_range", "compute_matches", "comp
 
 #: Matterport's constant; the file behind it is an ``.h5`` that cannot be loaded here yet.
 COCO_MODEL_URL = "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"
+
+
+class Dataset(_Dataset):
+    """:class:`maskrcnn.data.Dataset` with Matterport's ``load_image``: always 3 channels.
+
+    Override ``load_image`` for other channel counts (``IMAGE_CHANNEL_COUNT``), as in Matterport.
+    """
+
+    def load_image(self, image_id: int) -> np.ndarray:
+        """``[H, W, 3]`` (uint8, or uint16 as stored): grayscale repeated, alpha dropped."""
+        image = super().load_image(image_id)
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.shape[2] == 1:
+            image = np.repeat(image, 3, axis=2)
+        return image[:, :, :3] if image.shape[2] == 4 else image
 
 
 def extract_bboxes(mask: np.ndarray) -> np.ndarray:
