@@ -19,7 +19,7 @@ from _shapes_sample import InferenceConfig, ShapesConfig, shapes_datasets  # noq
 import maskrcnn  # noqa: E402
 from maskrcnn import weights as W  # noqa: E402
 from maskrcnn.compat.mrcnn import model as modellib  # noqa: E402
-from maskrcnn.compat.mrcnn import utils  # noqa: E402
+from maskrcnn.compat.mrcnn import utils, visualize  # noqa: E402
 from maskrcnn.errors import MaskRCNNError  # noqa: E402
 
 LEAN = dict(backbone_width=8, mask_head_channels=16, num_workers=0)
@@ -158,6 +158,8 @@ def test_matterport_keras_attributes_say_what_to_use(tmp_path: Path) -> None:
         modellib.data_generator  # noqa: B018
     with pytest.raises(AttributeError, match=r"mrcnn\.utils\.resize_mask: .*load_image_gt"):
         utils.resize_mask  # noqa: B018
+    with pytest.raises(AttributeError, match=r"mrcnn\.visualize\.plot_precision_recall: .*maskrcnn evaluate"):
+        visualize.plot_precision_recall  # noqa: B018
 
 
 def test_download_trained_weights_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ...errors import DataError
 from ...inference.visualize import to_display_rgb
+from ._unsupported import module_getattr
 
 __all__ = ["random_colors", "apply_mask", "display_instances", "display_images", "display_top_masks"]
 
@@ -151,3 +152,18 @@ def display_top_masks(image: np.ndarray, mask: np.ndarray, class_ids: np.ndarray
         to_display.append(m)
         titles.append(class_names[class_id] if class_id != -1 else "-")
     return display_images(to_display, titles=titles, cols=limit + 1, cmap="Blues_r")
+
+
+_EVALUATION_PLOTS = "maskrcnn evaluate writes precision-recall plots and a confusion matrix"
+#: Matterport's other drawing helpers, and what to use instead.
+_NOT_HERE = {
+    "display_differences": "display_instances on the ground truth and on the detections",
+    "draw_boxes": "display_instances (boxes [N, (y1, x1, y2, x2)])",
+    "draw_rois": "display_instances (boxes [N, (y1, x1, y2, x2)])",
+    "plot_precision_recall": _EVALUATION_PLOTS,
+    "plot_overlaps": _EVALUATION_PLOTS,
+    "display_weight_stats": "model.module.named_parameters()",
+    "display_table": "print the rows yourself",
+}
+
+__getattr__ = module_getattr(__name__, _NOT_HERE)
