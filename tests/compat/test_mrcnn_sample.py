@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _shapes_sample import InferenceConfig, ShapesConfig, ShapesDataset, shapes_datasets  # noqa: E402
+from _shapes_sample import InferenceConfig, ShapesConfig, shapes_datasets  # noqa: E402
 
 from maskrcnn.compat.mrcnn import model as modellib  # noqa: E402
 from maskrcnn.compat.mrcnn import utils, visualize  # noqa: E402
