@@ -328,3 +328,19 @@ def test_load_weights_by_name_and_exclude_keep_the_models_own_layers(tmp_path: P
     os.makedirs(model.log_dir)
     with pytest.raises(FileNotFoundError):  # Matterport's exception type, our one-line message
         model.find_last()
+
+
+def test_load_weights_of_a_resnet_body_as_imagenet_weights_are(tmp_path: Path) -> None:
+    config = ShapesConfig()
+    model = modellib.MaskRCNN(mode="training", config=config, model_dir=str(tmp_path))
+    model.settings = model.settings.replace(**LEAN)
+    assert model.get_imagenet_weights() == "imagenet"  # the same path, downloaded by name
+    torch.manual_seed(3)
+    body = {k[len("backbone.body."):]: torch.randn_like(v) if v.is_floating_point() else v
+            for k, v in model.module.state_dict().items() if k.startswith("backbone.body.")}
+    torch.save(body, tmp_path / "resnet18-body.pth")  # a torchvision ResNet's key names
+    heads = _params(model, "roi_heads.")
+    model.load_weights(str(tmp_path / "resnet18-body.pth"), by_name=True)
+    now = model.module.state_dict()
+    assert all(torch.equal(now["backbone.body." + k].cpu(), v) for k, v in body.items())
+    assert all(torch.equal(now[k].cpu(), v) for k, v in heads.items())  # the rest keeps its initialisation

@@ -24,7 +24,7 @@
   :meth:`Detections.to_matterport` (``rois`` ``[N, (y1, x1, y2, x2)]`` int32, ``class_ids``,
   ``scores``, ``masks`` ``[H, W, N]`` bool), any number of images.
 * ``load_weights(path, by_name=False, exclude=None)``: our checkpoints, torchvision ``.pth``
-  state dicts and named weights (``"coco"``, ``"coco-v2"``) through
+  state dicts (a ResNet body too) and named weights (``"coco"``, ``"coco-v2"``, ``"imagenet"``) through
   :func:`maskrcnn.weights.resolve_weights`; ``exclude`` takes Matterport's layer names.
   Matterport ``.h5`` files cannot be loaded yet (a one-line error says what to use).
 * ``find_last()``, ``get_imagenet_weights()``, ``log_dir``, ``epoch`` as Matterport's.
@@ -204,14 +204,16 @@ class MaskRCNN:
         return str(folder / checkpoints[-1])
 
     def get_imagenet_weights(self) -> str:
-        """The weights spec of an ImageNet-pretrained backbone for :meth:`load_weights` (``"imagenet"``)."""
+        """The weights spec of torchvision's ImageNet ResNet of this depth for :meth:`load_weights`
+        (``"imagenet"``: downloaded there once, hash-checked); load it with ``by_name=True``."""
         return "imagenet"
 
     # ------------------------------------------------------------------ weights
     def load_weights(self, filepath: str | os.PathLike[str], by_name: bool = False,
                      exclude: Sequence[str] | None = None) -> None:
-        """Load weights: one of our checkpoints, a torchvision ``.pth`` state dict, or a name
-        (``"coco"``, ``"coco-v2"``).
+        """Load weights: one of our checkpoints, a torchvision ``.pth`` state dict (a whole Mask
+        R-CNN, or a ResNet classifier's body), or a name (``"coco"``, ``"coco-v2"``, ``"imagenet"``:
+        the ImageNet ResNet of this config's depth) through :func:`maskrcnn.weights.resolve_weights`.
 
         ``by_name``: layers that the file does not have keep their current weights, and what the
         model does not have is not used (Matterport's partial loading). ``exclude``: Matterport
@@ -225,8 +227,8 @@ class MaskRCNN:
         if spec.lower().endswith(".h5"):
             raise WeightsError(f"{spec}: loading Matterport .h5 weights is not available yet; use one of our checkpoints "
                                "(.safetensors, e.g. model.find_last()), a torchvision .pth state dict or 'coco'")
-        resolved = resolve_weights(spec)
-        settings = resolved.fit(self.settings, ("architecture", "backbone"))
+        resolved = resolve_weights(spec, backbone=self.settings.backbone, allow_backbone_only=True)
+        settings = resolved.fit(self.settings, ("architecture", "backbone", "backbone_width"))
         own = self.module.state_dict()
         sd = dict(resolved.state_dict)
         excluded = self._excluded(exclude or (), own)
@@ -246,7 +248,8 @@ class MaskRCNN:
             module = build_model(settings)
             module.load_state_dict(own)
             self.module, self._settings = module, settings
-        load_into(self.module, sd, source=spec, reinit_classes=False, log=lambda line: print(line, file=sys.stderr))
+        load_into(self.module, sd, source=spec, reinit_classes=False, log=lambda line: print(line, file=sys.stderr),
+                  backbone_only=resolved.backbone_only)
         self._predictor = None
         self.set_log_dir(spec)
 
