@@ -25,7 +25,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from maskrcnn.config import Config, ConfigError
-from maskrcnn.engine import NonFiniteLossError, train
+from maskrcnn.errors import MaskRCNNError
+from maskrcnn.engine import NonFiniteLossError, Trainer, train
 from maskrcnn.engine.checkpoint import (
     CheckpointManager,
     capture_rng,
@@ -334,6 +335,27 @@ def test_sampler_shards_between_ranks_and_resumes_mid_epoch() -> None:
     plain = TrainingSampler(10, seed=1, shuffle=True)
     plain.set_epoch(0)
     assert sorted(plain) == list(range(10)) and list(plain) != list(range(10))
+
+
+def test_sampler_length_fixes_the_epoch_and_reshuffles_when_the_data_runs_out() -> None:
+    # 2 ranks x 8 indices per epoch of a 5-image set (Config.steps_per_epoch, Matterport's STEPS_PER_EPOCH)
+    ranks = [TrainingSampler(5, seed=3, rank=r, world_size=2, length=8) for r in range(2)]
+    for s in ranks:
+        s.set_epoch(2)
+    full = ranks[0].epoch_indices()
+    assert len(full) == 16 and [len(list(s)) for s in ranks] == [8, 8] and ranks[0].epoch_length(2) == 8
+    passes = [full[i:i + 5] for i in range(0, 15, 5)]
+    assert all(sorted(p) == list(range(5)) for p in passes)  # whole shuffled passes, then a part of one
+    assert passes[0] != passes[1] or passes[1] != passes[2]  # each pass shuffled anew
+    short = TrainingSampler(5, seed=3, length=3)
+    short.set_epoch(2)
+    assert list(short) == TrainingSampler(5, seed=3).epoch_indices(2)[:3]  # fewer steps: the start of the pass
+    assert TrainingSampler(0, length=3).epoch_length(0) == 0
+
+
+def test_trainer_start_epoch_must_be_below_epochs() -> None:
+    with pytest.raises(MaskRCNNError, match=r"start_epoch=3: must be below epochs=3"):
+        Trainer(tiny_config(epochs=3), [], start_epoch=3)
 
 
 # ============================================================================ checkpoints

@@ -164,7 +164,8 @@ class Config(BaseModel):
 
     # ---------------------------------------------------------------- training
     images_per_gpu: int = _f(2, "Images per device per step (Matterport IMAGES_PER_GPU).", "images", ge=1)
-    epochs: int = _f(12, "Passes over the training set.", "epochs", ge=1)
+    epochs: int = _f(12, "Passes over the training set (or of steps_per_epoch optimizer steps each).", "epochs", ge=1)
+    steps_per_epoch: int | None = _f(None, "Optimizer steps per epoch (Matterport STEPS_PER_EPOCH): the sampler draws as many images as that takes, shuffling the training set again when it runs out; None: one pass over the training set.", "steps", ge=1, example=1000)
     layers: str = _f("all", "Trainable layers: heads, 3+, 4+, 5+, all, or a regex over parameter names.")
     learning_rate: float = _f(0.02, "Learning rate for a total batch of base_batch_size; scaled linearly to the real total batch.", "lr", gt=0)
     base_batch_size: int = _f(16, "Total batch that learning_rate is given for.", "images", ge=1)

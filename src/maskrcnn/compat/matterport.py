@@ -73,7 +73,7 @@ DIRECT_FIELDS: dict[str, str] = {
 
 #: Attributes handled by a conversion below (not "no equivalent").
 _CONVERTED = {"NAME", "BACKBONE", "GPU_COUNT", "MEAN_PIXEL", "PRE_NMS_LIMIT", "LOSS_WEIGHTS", "TRAIN_BN",
-              "STEPS_PER_EPOCH", "VALIDATION_STEPS", "MASK_SHAPE", "BACKBONE_STRIDES", "RPN_ANCHOR_STRIDE"}
+              "STEPS_PER_EPOCH", "VALIDATION_STEPS", "MASK_SHAPE", "BACKBONE_STRIDES", "RPN_ANCHOR_STRIDE", "USE_RPN_ROIS"}
 
 #: Values Matterport computes in ``__init__`` from the others; recomputed here, never settings.
 _DERIVED = {"BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE"}
@@ -160,12 +160,13 @@ def convert_matterport(obj: Any) -> tuple[dict[str, Any], list[str]]:
         notes.append(f"PRE_NMS_LIMIT={limit}: applied per FPN level here (Matterport: over all levels together)")
 
     if attrs.get("LOSS_WEIGHTS") is not None:
-        values["loss_weights"] = {k: float(v) for k, v in dict(attrs["LOSS_WEIGHTS"]).items()}
+        # Matterport's keys are "rpn_class_loss", ...; ours drop the "_loss"
+        values["loss_weights"] = {re.sub(r"_loss$", "", str(k)): float(v) for k, v in dict(attrs["LOSS_WEIGHTS"]).items()}
     if "TRAIN_BN" in attrs:
         values["train_bn"] = bool(attrs["TRAIN_BN"])  # None (Matterport: frozen, inference mode) -> False
 
     if attrs.get("STEPS_PER_EPOCH") is not None:
-        notes.append(f"STEPS_PER_EPOCH={attrs['STEPS_PER_EPOCH']}: ignored; an epoch is one pass over the training set here")
+        values["steps_per_epoch"] = int(attrs["STEPS_PER_EPOCH"])
     if attrs.get("VALIDATION_STEPS") is not None:
         notes.append(f"VALIDATION_STEPS={attrs['VALIDATION_STEPS']}: ignored; validation covers the whole validation set")
     pool = int(values.get("mask_pool_size", 14))
@@ -175,6 +176,8 @@ def convert_matterport(obj: Any) -> tuple[dict[str, Any], list[str]]:
         notes.append(f"BACKBONE_STRIDES={_plain(attrs['BACKBONE_STRIDES'])}: fixed at [4, 8, 16, 32, 64] by the ResNet-FPN here")
     if attrs.get("RPN_ANCHOR_STRIDE") not in (None, 1):
         notes.append(f"RPN_ANCHOR_STRIDE={attrs['RPN_ANCHOR_STRIDE']}: anchors are placed at every feature cell here (stride 1)")
+    if attrs.get("USE_RPN_ROIS") is False:
+        notes.append("USE_RPN_ROIS=False: the heads always train on the RPN's proposals here; ignored")
     if attrs.get("COMPUTE_BACKBONE_SHAPE") is not None:
         notes.append("COMPUTE_BACKBONE_SHAPE: ignored; feature shapes follow from the backbone here")
 

@@ -13,7 +13,9 @@ Implements the "Training sample contract" of ``docs/design.md``. Per sample:
    of :func:`~maskrcnn.data.resize.plan_resize`, the rule the model's input transform uses at
    inference), the scale jitter multiplied into the resize scale; masks and ignore mask get the
    same geometry. A size the mode cannot resize is a ``DataError`` (the sample is skipped).
-5. ``train=True``: random crop and photometric changes (:meth:`Augmentation.after_resize`).
+5. ``train=True``: random crop and photometric changes (:meth:`Augmentation.after_resize`), then
+   ``augment_fn(sample, rng, image_id)`` when given (e.g. Matterport's imgaug ``augmentation``,
+   :mod:`maskrcnn.compat.mrcnn.model`).
 6. Instances with fewer than ``aug_min_area`` pixels (training) or no pixel left are dropped;
    boxes are recomputed from the masks; optional mini-masks (``Config.use_mini_mask``).
 
@@ -39,6 +41,7 @@ With ``train=False`` the epoch is always 0 (only the ``crop`` resize mode draws 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +113,8 @@ class TrainingDataset(torch.utils.data.Dataset):
         train: apply augmentation (and the ``aug_min_area`` filter).
         seed: base of every random choice (usually ``Config.seed``).
         skip_errors: return :class:`SkippedSample` for a ``DataError`` (default) instead of raising.
+        augment_fn: ``(Sample, rng, image_id) -> Sample`` applied after the built-in augmentation
+            (training only); it may change pixels, masks and labels but not the image size.
 
     Items: ``(image float32 [C, H, W] in [0, 1], target)`` with ``target`` = ``boxes`` float32
     ``[N, 4]`` xyxy, ``labels`` int64 ``[N]``, ``masks`` uint8 ``[N, H, W]`` (or ``[N, mh, mw]``
@@ -118,8 +123,12 @@ class TrainingDataset(torch.utils.data.Dataset):
     ``(y1, x1, y2, x2)`` of the real (non-padding) pixels.
     """
 
+    #: the trainer batches a ready ``TrainingDataset`` with this (``engine.loader.as_training_dataset``)
+    collate = staticmethod(collate)
+
     def __init__(self, dataset: Dataset, config: Config, train: bool = True, seed: int = 0,
-                 skip_errors: bool = True) -> None:
+                 skip_errors: bool = True,
+                 augment_fn: Callable[[Sample, np.random.Generator, int], Sample] | None = None) -> None:
         self.dataset = dataset
         self.config = config
         self.train = train
@@ -127,6 +136,7 @@ class TrainingDataset(torch.utils.data.Dataset):
         self.skip_errors = skip_errors
         self.epoch = 0
         self.augmentation: Augmentation = build_augmentation(config)
+        self.augment_fn = augment_fn
         self.image_ids = np.asarray(dataset.image_ids, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -197,6 +207,12 @@ class TrainingDataset(torch.utils.data.Dataset):
         )
         if self.train:
             sample = aug.after_resize(sample, rng)
+            if self.augment_fn is not None:
+                size = sample.size
+                sample = self.augment_fn(sample, rng, image_id)
+                if sample.size != size or sample.masks.shape[1:] != size:
+                    raise DataError(f"{ref}: the augmentation changed the image size from {size[0]}x{size[1]} to "
+                                    f"{sample.size[0]}x{sample.size[1]}; use augmenters that keep the size")
 
         min_area = max(1, cfg.aug_min_area) if self.train else 1
         masks = np.ascontiguousarray(sample.masks)

@@ -241,6 +241,12 @@ class MetricsLogger(HookBase):
         acc.clear()
 
 
+def _epoch_span(t: "Trainer") -> str:
+    """``12 epochs``, or ``epochs 3..5`` for a run that continues a model (``start_epoch``)."""
+    c = t.config
+    return f"{c.epochs} epochs" if not t.start_epoch else f"epochs {t.start_epoch + 1}..{c.epochs}"
+
+
 def _print_summary(t: "Trainer") -> None:
     """The run's settings, data and class counts (rank 0)."""
     c, d = t.config, t.dist
@@ -254,7 +260,8 @@ def _print_summary(t: "Trainer") -> None:
         f"device: {t.device} x {d.world_size} process(es), amp: {amp}, total batch {total_batch} "
         f"= {c.images_per_gpu} images x {d.world_size} x {c.grad_accumulation} accumulation",
         f"learning rate {scaled_learning_rate(c, d.world_size):.4g} ({c.learning_rate:g} for a batch of {c.base_batch_size}), "
-        f"schedule {c.lr_schedule}, {c.epochs} epochs = {t.total_steps} optimizer steps ({t.steps_per_epoch[0]} in the first epoch)"
+        f"schedule {c.lr_schedule}, {_epoch_span(t)} = {t.total_steps} optimizer steps "
+        f"({t.steps_per_epoch[t.start_epoch]} in the first epoch)"
         + (f"; time budget {c.max_train_minutes:g} min (the schedule follows the steps that fit)" if t.budget else ""),
         f"optimizer: {c.optimizer}",
         f"trainable: {n_params:,} parameters in {len(t.trainable)} tensors (layers={c.layers}, train_bn={c.train_bn})",
@@ -264,7 +271,7 @@ def _print_summary(t: "Trainer") -> None:
     if c.warmup_iters >= t.total_steps and t.budget is None:
         lines.append(f"note: warmup_iters={c.warmup_iters} is not shorter than the run ({t.total_steps} steps); "
                      "the learning rate never reaches its full value (lower warmup_iters)")
-    if t.epoch or t.batches_done:
+    if t.epoch > t.start_epoch or t.batches_done or t.global_step:
         lines.append(f"resumed at epoch {t.epoch + 1}, batch {t.batches_done}, step {t.global_step}")
     for line in lines:
         t.log.info(line)

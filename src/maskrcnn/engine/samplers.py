@@ -10,7 +10,9 @@ Each epoch, image ``i`` appears ``floor(r_i)`` times plus once more with probabi
 per epoch is ``r_i``. The epoch's indices are shuffled, padded to a multiple of the world size
 and split between ranks (like ``DistributedSampler``); every rank computes the same list from the
 same seed, so no communication is needed. ``start`` skips indices already consumed when a run
-resumes in the middle of an epoch.
+resumes in the middle of an epoch. ``length`` fixes the number of indices each rank gets per
+epoch (``Config.steps_per_epoch``): the shuffled training set is cut there, or followed by other
+shufflings of it (same generator) until that many are drawn.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class TrainingSampler(Sampler[int]):
         shuffle: shuffle each epoch (False keeps order, e.g. for validation).
         factors: per-image repeat factors (:func:`repeat_factors`); None samples each image once.
         rank, world_size: this process's share of each epoch.
+        length: indices per rank and epoch (None: the dataset once, or its repeat-factor count).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class TrainingSampler(Sampler[int]):
         factors: np.ndarray | None = None,
         rank: int = 0,
         world_size: int = 1,
+        length: int | None = None,
     ) -> None:
         if factors is not None and len(factors) != num_samples:
             raise ValueError(f"{len(factors)} repeat factors for {num_samples} samples")
@@ -75,6 +79,7 @@ class TrainingSampler(Sampler[int]):
         self.factors = None if factors is None else np.asarray(factors, dtype=np.float64)
         self.rank = rank
         self.world_size = world_size
+        self.length = None if length is None else int(length)
         self.epoch = 0
         self.start = 0
 
@@ -105,9 +110,18 @@ class TrainingSampler(Sampler[int]):
             extra = (torch.rand(self.num_samples, generator=g, dtype=torch.float64) < frac).numpy()
             reps = torch.from_numpy(whole.astype(np.int64) + extra.astype(np.int64))
             base = torch.repeat_interleave(torch.arange(self.num_samples), reps)
-        if self.shuffle and len(base):
-            base = base[torch.randperm(len(base), generator=g)]
-        return base.tolist()
+        out = self._shuffled(base, g)
+        if self.length is not None and len(base):
+            total = self.length * self.world_size
+            parts, n = [out], len(out)
+            while n < total:
+                parts.append(self._shuffled(base, g))
+                n += len(base)
+            out = torch.cat(parts)[:total]
+        return out.tolist()
+
+    def _shuffled(self, base: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return base[torch.randperm(len(base), generator=g)] if self.shuffle and len(base) else base
 
     def rank_indices(self, epoch: int | None = None) -> list[int]:
         """This rank's indices of an epoch (padded so every rank gets the same count)."""
@@ -122,6 +136,8 @@ class TrainingSampler(Sampler[int]):
 
     def epoch_length(self, epoch: int) -> int:
         """Number of indices this rank gets in ``epoch`` (without the ``start`` skip)."""
+        if self.length is not None:
+            return self.length if self.num_samples else 0
         if self.factors is None:
             return math.ceil(self.num_samples / self.world_size)
         return len(self.rank_indices(epoch))

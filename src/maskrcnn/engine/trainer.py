@@ -100,6 +100,9 @@ class Trainer:
         run_inputs: what ``run.yaml`` records (``data``, ``val_data``, ``format``, ``weights``), so
             that ``maskrcnn train --resume RUN_DIR`` needs nothing else (:mod:`.rundir`).
         hooks: your :class:`~.hooks.HookBase` objects, called after the built-in ones.
+        start_epoch: epochs this model has already been trained for (Keras' ``initial_epoch``,
+            as Matterport's ``epochs``): a new run trains epochs ``start_epoch + 1 ..
+            config.epochs`` (numbered so in logs and checkpoints) and its schedule spans those.
 
     Attributes hooks read (see :class:`~.hooks.HookBase`): ``config``, ``model`` (DDP-wrapped),
     ``module``, ``optimizer``, ``scheduler``, ``dist``, ``run_dir``, ``log``, ``ckpt``,
@@ -113,7 +116,10 @@ class Trainer:
                  run_dir: str | Path | None = None, evaluate_fn: EvaluateFn | str | None = "auto",
                  device: str | None = None, progress: bool = True, tensorboard: bool = True, log_every: int = 20,
                  find_unused_parameters: bool = True, run_inputs: dict[str, Any] | None = None,
-                 hooks: Sequence[HookBase] = ()) -> None:
+                 hooks: Sequence[HookBase] = (), start_epoch: int = 0) -> None:
+        if not 0 <= int(start_epoch) < config.epochs:
+            raise MaskRCNNError(f"start_epoch={start_epoch}: must be below epochs={config.epochs} (the epoch to train up "
+                                "to); raise epochs")
         self.config = config
         self.train_source, self.val_source = train_dataset, val_dataset
         self.out_dir = Path(out_dir)
@@ -130,8 +136,8 @@ class Trainer:
         self.hooks: list[HookBase] = []
         self.run_dir: Path | None = None
         # progress (saved in checkpoints)
-        self.epoch = self.batches_done = self.global_step = self.skipped = 0
-        self.current_epoch = 0
+        self.epoch = self.current_epoch = self.start_epoch = int(start_epoch)
+        self.batches_done = self.global_step = self.skipped = 0
         self.best: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
@@ -251,11 +257,13 @@ class Trainer:
             if self.class_ids is None:
                 raise MaskRCNNError("repeat_factor_threshold: the training dataset cannot report class ids per image; set it to null")
             self.factors = repeat_factors(self.class_ids, c.repeat_factor_threshold)
-        self.sampler = TrainingSampler(len(self.train_ds), seed=c.seed, factors=self.factors, rank=d.rank, world_size=d.world_size)
         ipg, acc = c.images_per_gpu, c.grad_accumulation
+        length = None if c.steps_per_epoch is None else c.steps_per_epoch * acc * ipg
+        self.sampler = TrainingSampler(len(self.train_ds), seed=c.seed, factors=self.factors, rank=d.rank,
+                                       world_size=d.world_size, length=length)
         self.batches_per_epoch = [math.ceil(self.sampler.epoch_length(e) / ipg) for e in range(c.epochs)]
         self.steps_per_epoch = [math.ceil(b / acc) for b in self.batches_per_epoch]
-        self.total_steps = max(1, sum(self.steps_per_epoch))
+        self.total_steps = max(1, sum(self.steps_per_epoch[self.start_epoch:]))
 
     # ================================================================== the loop
     def _run(self) -> TrainResult:
