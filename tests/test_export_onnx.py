@@ -155,3 +155,17 @@ def test_load_returns_the_onnx_predictor(exported):
     loose = maskrcnn.load(str(path), device="cpu").detect(photo(70, 90))[0]
     strict = p.detect(photo(70, 90))[0]
     assert np.array_equal(loose.scores, strict.scores) and strict.masks.sum() < loose.masks.sum()
+
+
+@pytest.mark.parametrize("kw", [dict(architecture="v2"), dict(image_channel_count=1, pixel_mean=[0.5], pixel_std=[0.25])],
+                         ids=["v2", "grayscale"])
+def test_v2_and_grayscale_models_export(kw, tmp_path):
+    """The v2 layout (conv box head, BatchNorm in the FPN and heads) and a 1-channel model."""
+    model = biased_model(**kw)
+    path, _ = export_onnx(model, tmp_path / "m.onnx")
+    images = _images(PHOTOS[:2])
+    if kw.get("image_channel_count") == 1:
+        images = [i[:1] for i in images]
+    with torch.no_grad():
+        ref = Predictor(model)._detect_raw(images, None)
+    assert_raw_equal(ref, OnnxPredictor(path, threads=1)._detect_raw(images, None))

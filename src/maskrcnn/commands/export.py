@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if is_onnx_path(args.weights):
         raise WeightsError(f"{args.weights}: already an exported model; pass the checkpoint it came from to --weights")
     out = ensure_output_file(output_path(args.out))
-    predictor = load(args.weights, config=args.config, device="cpu", progress=False)
+    # exact mode (fast=False): the export is compared with, and documented as, the exact model
+    predictor = load(args.weights, config=args.config, device="cpu", fast=False, progress=False)
     model_path, side = export_onnx(predictor.model, out)
     print(f"exported {model_path} ({model_path.stat().st_size / 2**20:.1f} MiB) and {side.name}; "
           f"run it with: maskrcnn detect --weights {model_path} IMAGES --out DIR")

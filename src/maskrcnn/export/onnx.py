@@ -70,7 +70,8 @@ def io_contract(config: Config) -> dict[str, Any]:
 
 
 def export_onnx(model: MaskRCNN, out: str | os.PathLike[str], *, opset: int = OPSET) -> tuple[Path, Path]:
-    """Export ``model`` (eval mode, CPU) to ``out`` (``.onnx``) and its sidecar; returns both paths.
+    """Export ``model`` to ``out`` (``.onnx``) and its sidecar; returns both paths. The model is put in
+    eval mode on the CPU (in place: move it back if it was elsewhere).
 
     Raises :class:`~maskrcnn.config.ConfigError` when the config cannot be exported
     (:func:`~maskrcnn.export.graph.check_exportable`).
