@@ -15,7 +15,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import maskrcnn  # noqa: E402
-from maskrcnn.export.onnx import export_onnx, sidecar_path  # noqa: E402
+from maskrcnn.export.onnx import export_onnx  # noqa: E402
 from maskrcnn.weights import save_checkpoint  # noqa: E402
 
 from _bad_input import assert_clean_error, assert_one_line_error, run_cli  # noqa: E402
@@ -144,17 +144,6 @@ def test_export_of_an_exported_model_or_missing_weights(good, tmp_path):
                        "model.onnx", "already an exported model", "checkpoint")
     assert_clean_error(run_cli("export", "--weights", tmp_path / "none.safetensors", "--out", tmp_path / "m.onnx"),
                        "none.safetensors")
-
-
-def test_config_that_cannot_export_is_one_line(tmp_path):
-    model = biased_model(image_resize_mode="square")
-    ck = save_checkpoint(model, model.config, tmp_path / "square.safetensors")
-    result = run_cli("export", "--weights", ck, "--out", tmp_path / "m.onnx")
-    assert_clean_error(result, "resize_mode", "square", "minmax")
-    assert not (tmp_path / "m.onnx").exists() and not sidecar_path(tmp_path / "m.onnx").exists()
-    with pytest.raises(Exception) as exc:
-        export_onnx(biased_model(image_normalization="per_image"), tmp_path / "p.onnx")
-    assert_one_line_error(exc, "image_normalization", "fixed")
 
 
 @pytest.mark.parametrize("kw, field", [({"detection_min_confidence": 0.3}, "detection_min_confidence"),

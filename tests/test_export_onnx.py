@@ -157,13 +157,28 @@ def test_load_returns_the_onnx_predictor(exported):
     assert np.array_equal(loose.scores, strict.scores) and strict.masks.sum() < loose.masks.sum()
 
 
-@pytest.mark.parametrize("kw", [dict(architecture="v2"), dict(image_channel_count=1, pixel_mean=[0.5], pixel_std=[0.25])],
-                         ids=["v2", "grayscale"])
-def test_v2_and_grayscale_models_export(kw, tmp_path):
-    """The v2 layout (conv box head, BatchNorm in the FPN and heads) and a 1-channel model."""
+OTHER_MODELS = {
+    "v2": dict(architecture="v2"),
+    "grayscale": dict(image_channel_count=1, pixel_mean=[0.5], pixel_std=[0.25]),
+    "minmax per-image inverted": dict(image_normalization="per_image", invert_bright_images=True),
+    "square per-image": dict(image_resize_mode="square", image_normalization="per_image"),
+    "pad64 like nuclei": dict(image_resize_mode="pad64", image_normalization="per_image", invert_bright_images=True,
+                              image_min_scale=1.5),
+    "none": dict(image_resize_mode="none"),
+}
+
+
+@pytest.mark.parametrize("case", list(OTHER_MODELS))
+def test_every_layout_resize_mode_and_normalisation_exports(case, tmp_path):
+    """The v2 layout (conv box head, BatchNorm), a 1-channel model, and every inference resize mode
+    and normalisation (Matterport's modes pad and normalise with the window's statistics; one
+    image is bright, so that ``invert_bright_images`` inverts it and not the others)."""
+    kw = OTHER_MODELS[case]
     model = biased_model(**kw)
     path, _ = export_onnx(model, tmp_path / "m.onnx")
-    images = _images(PHOTOS[:2])
+    arrays = [photo(70, 90), 255 - photo(50, 64, "coffee") // 2, photo(90, 60, "chelsea")]
+    assert [a.mean() > 127.5 for a in arrays] == [False, True, False]
+    images = [torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in arrays]
     if kw.get("image_channel_count") == 1:
         images = [i[:1] for i in images]
     with torch.no_grad():
