@@ -126,8 +126,9 @@ EXPORT_CASES = {
     "unknown format": (["--format", "tensorrt"], ["--format tensorrt", "onnx"]),
     "format not available yet": (["--format", "openvino"], ["--format openvino", "--format onnx"]),
     "--int8 without calibration": (["--int8"], ["--int8", "--calibration"]),
-    "--int8 not available yet": (["--int8", "--calibration", "cal"], ["--int8", "not available", "drop --int8"]),
+    "--calibration that does not exist": (["--int8", "--calibration", "nope"], ["--calibration nope", "no such folder"]),
     "--calibration without --int8": (["--calibration", "cal"], ["--calibration", "--int8"]),
+    "--validation without --int8": (["--validation", "val.json"], ["--validation", "--int8"]),
 }
 
 
@@ -136,6 +137,15 @@ def test_bad_export_options_are_one_line(case, good, tmp_path):
     extra, fragments = EXPORT_CASES[case]
     result = run_cli("export", "--weights", good["ck"], "--out", tmp_path / "m.onnx", *extra)
     assert_clean_error(result, *fragments)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_calibration_folder_without_images_is_one_line(good, tmp_path):
+    empty = tmp_path / "cal"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    result = run_cli("export", "--weights", good["ck"], "--out", tmp_path / "m.onnx", "--int8", "--calibration", empty)
+    assert_clean_error(result, "--calibration", "cal", "no")
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -1,22 +1,32 @@
-"""``maskrcnn export --weights W --format onnx --out PATH``: a deployable model plus its sidecar.
+"""``maskrcnn export --weights W --format onnx --out PATH [--int8 --calibration DIR [--validation DATA]]``.
 
 ``--out`` is the ``.onnx`` file to write, or a folder (then ``model.onnx`` in it); the sidecar
 (class names, config, input/output contract) is written next to it with the suffix ``.json``.
 The graph and its contract: :mod:`maskrcnn.export.graph` and :mod:`maskrcnn.export.onnx`; run the
 result with ``maskrcnn detect --weights model.onnx`` or ``maskrcnn.load("model.onnx")``.
+``--int8`` writes the int8 model instead (:mod:`maskrcnn.export.quantize`, calibrated on
+``--calibration``); ``--validation`` then measures what it costs (mask and box AP of the exact
+model and of the int8 export, printed and stored in the sidecar's ``int8.validation``).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ..errors import MaskRCNNError, WeightsError
+from ..errors import DataError, MaskRCNNError, WeightsError
 from ..utils.files import ensure_output_file
+from .args import positive_int
+
+if TYPE_CHECKING:
+    from ..inference.predictor import Predictor
 
 #: Formats ``--format`` accepts, and the ones this version can write.
 FORMATS = ("onnx", "openvino", "tflite")
 AVAILABLE = ("onnx",)
+
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,8 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "not available yet")
     p.add_argument("--out", required=True, help="the .onnx file to write, or a folder (model.onnx in it)")
     p.add_argument("--config", help="config YAML (default: the checkpoint's)")
-    p.add_argument("--int8", action="store_true", help="post-training int8 quantisation (needs --calibration; not available yet)")
-    p.add_argument("--calibration", help="images for int8 calibration (a folder)")
+    p.add_argument("--int8", action="store_true", help="int8 post-training quantisation with ONNX Runtime (needs --calibration)")
+    p.add_argument("--calibration", help="with --int8: a folder of your images to calibrate on (a few hundred)")
+    p.add_argument("--calibration-images", type=positive_int, default=300, metavar="N",
+                   help="with --int8: calibrate on at most N images (default 300)")
+    p.add_argument("--validation", help="with --int8: a dataset (COCO JSON, VIA, LabelMe, mask folder or YOLO) to "
+                   "measure what int8 costs: mask and box AP of the exact model and of the int8 export")
+    p.add_argument("--validation-format", help="dataset format of --validation when detection is ambiguous")
     return p
 
 
@@ -54,16 +69,57 @@ def run(args: argparse.Namespace) -> int:
     if args.int8 and not args.calibration:
         raise MaskRCNNError("--int8 needs --calibration DATA (a folder of a few hundred of your images); "
                             "pass it, or drop --int8 for an fp32 export")
-    if args.int8:
-        raise MaskRCNNError("--int8: int8 quantisation is not available in this version yet; drop --int8 for an fp32 export")
-    if args.calibration:
-        raise MaskRCNNError("--calibration is only used with --int8; drop it")
+    if not args.int8 and (args.calibration or args.validation):
+        flag = "--calibration" if args.calibration else "--validation"
+        raise MaskRCNNError(f"{flag} is only used with --int8; add --int8 or drop {flag}")
+    if args.calibration and not Path(args.calibration).exists():
+        raise DataError(f"--calibration {args.calibration}: no such folder; pass a folder of your images")
     if is_onnx_path(args.weights):
         raise WeightsError(f"{args.weights}: already an exported model; pass the checkpoint it came from to --weights")
     out = ensure_output_file(output_path(args.out))
     # exact mode (fast=False): the export is compared with, and documented as, the exact model
     predictor = load(args.weights, config=args.config, device="cpu", fast=False, progress=False)
-    model_path, side = export_onnx(predictor.model, out)
-    print(f"exported {model_path} ({model_path.stat().st_size / 2**20:.1f} MiB) and {side.name}; "
+    dataset = None
+    if args.validation:  # read before the export: a bad dataset fails in seconds, not after calibration
+        from ..data.formats import load_dataset
+
+        dataset = load_dataset(args.validation, format=args.validation_format)
+
+    def skip(name: str, exc: MaskRCNNError) -> None:
+        print(f"skipped {name}: {exc}" if name not in str(exc) else f"skipped: {exc}", file=sys.stderr)
+
+    model_path, side = export_onnx(predictor.model, out, calibration=args.calibration if args.int8 else None,
+                                   calibration_images=args.calibration_images, on_skip=skip)
+    kind = "int8" if args.int8 else "fp32"
+    print(f"exported {kind} {model_path} ({model_path.stat().st_size / 2**20:.1f} MiB) and {side.name}; "
           f"run it with: maskrcnn detect --weights {model_path} IMAGES --out DIR")
+    if dataset is not None:
+        cost = int8_cost(predictor, model_path, dataset, args.validation)
+        points = "n/a" if cost["mask_AP_cost"] is None else f"{cost['mask_AP_cost']:.2f}"
+        print(f"int8 on {args.validation}: mask AP {_ap(cost['int8_mask_AP'])} (exact {_ap(cost['exact_mask_AP'])}, "
+              f"cost {points} points), box AP {_ap(cost['int8_box_AP'])} (exact {_ap(cost['exact_box_AP'])}); "
+              f"recorded in {side.name}")
     return 0
+
+
+def int8_cost(exact: "Predictor", int8_model: Path, dataset: Any, name: str) -> dict[str, Any]:
+    """Mask and box AP of the exact model and of the int8 export on ``dataset``, and the difference
+    (in AP points, 0-100); also stored in the export's sidecar under ``int8.validation``."""
+    from ..evaluation import evaluate_model
+    from ..export.onnx import read_sidecar, update_sidecar
+    from ..export.runtime import OnnxPredictor
+
+    reports = {key: evaluate_model(p, dataset, model_name=key, data_name=name)
+               for key, p in (("exact", exact), ("int8", OnnxPredictor(int8_model)))}
+    ap = {f"{key}_{t}_AP": (r.get("coco") or {}).get(iou, {}).get("AP")
+          for key, r in reports.items() for t, iou in (("mask", "segm"), ("box", "bbox"))}
+    cost = {"data": name, "images": len(dataset.image_ids), **ap,
+            "mask_AP_cost": None if None in (ap["exact_mask_AP"], ap["int8_mask_AP"])
+            else 100 * (ap["exact_mask_AP"] - ap["int8_mask_AP"])}
+    _, meta = read_sidecar(int8_model)
+    update_sidecar(int8_model, "int8", {**meta.get("int8", {}), "validation": cost})
+    return cost
+
+
+def _ap(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"

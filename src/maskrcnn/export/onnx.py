@@ -30,7 +30,7 @@ from ..utils.files import atomic_write_bytes, atomic_write_json
 from ..weights import file_sha256
 from .graph import INPUT_NAMES, OUTPUT_NAMES, ExportGraph, check_exportable
 
-__all__ = ["OPSET", "SIDECAR_SUFFIX", "export_onnx", "io_contract", "read_sidecar", "sidecar_path"]
+__all__ = ["OPSET", "SIDECAR_SUFFIX", "export_onnx", "io_contract", "read_sidecar", "sidecar_path", "update_sidecar"]
 
 #: ONNX opset of the export (RoIAlign and NonMaxSuppression as ONNX Runtime runs them).
 OPSET = 17
@@ -69,10 +69,15 @@ def io_contract(config: Config) -> dict[str, Any]:
     }
 
 
-def export_onnx(model: MaskRCNN, out: str | os.PathLike[str], *, opset: int = OPSET) -> tuple[Path, Path]:
+def export_onnx(model: MaskRCNN, out: str | os.PathLike[str], *, opset: int = OPSET,
+                calibration: str | os.PathLike[str] | None = None, calibration_images: int = 300,
+                on_skip: Any = None) -> tuple[Path, Path]:
     """Export ``model`` to ``out`` (``.onnx``) and its sidecar; returns both paths. The model is put in
     eval mode on the CPU (in place: move it back if it was elsewhere).
 
+    ``calibration`` (a folder of images): write the int8 model instead
+    (:func:`maskrcnn.export.quantize.quantize_int8`, calibrated on up to ``calibration_images`` of
+    them; unreadable ones go to ``on_skip(name, error)``); the sidecar's ``int8`` entry describes it.
     Raises :class:`~maskrcnn.config.ConfigError` when the config cannot be exported
     (:func:`~maskrcnn.export.graph.check_exportable`).
     """
@@ -96,13 +101,34 @@ def export_onnx(model: MaskRCNN, out: str | os.PathLike[str], *, opset: int = OP
                           output_names=OUTPUT_NAMES, dynamic_axes=axes, do_constant_folding=True)
     data = buf.getvalue()
     onnx.checker.check_model(onnx.load_from_string(data))
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "opset": opset, "torch": torch.__version__,
+            "class_names": class_names_of(config), "config": config.model_dump(mode="json"), **io_contract(config)}
+    if calibration is not None:
+        import tempfile
+
+        from .quantize import quantize_int8
+
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            fp32 = _write_export(Path(tmp) / "fp32.onnx", data, meta)[0]
+            data, meta["int8"] = quantize_int8(fp32, calibration, max_images=calibration_images, on_skip=on_skip)
+        onnx.checker.check_model(onnx.load_from_string(data))
+    return _write_export(out, data, meta)
+
+
+def _write_export(out: Path, data: bytes, meta: dict[str, Any]) -> tuple[Path, Path]:
+    """Write the model bytes and the sidecar (``meta`` plus the file's name and SHA-256), atomically."""
     atomic_write_bytes(out, data)
     side = sidecar_path(out)
-    atomic_write_json(side, {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "onnx_file": out.name,
-        "onnx_sha256": hashlib.sha256(data).hexdigest(), "opset": opset, "torch": torch.__version__,
-        "class_names": class_names_of(config), "config": config.model_dump(mode="json"), **io_contract(config)})
+    atomic_write_json(side, {**meta, "onnx_file": out.name, "onnx_sha256": hashlib.sha256(data).hexdigest()})
     return out, side
+
+
+def update_sidecar(model_path: str | os.PathLike[str], key: str, value: Any) -> Path:
+    """Set ``key`` of an existing sidecar (e.g. the measured accuracy of an int8 export)."""
+    side = sidecar_path(model_path)
+    meta = json.loads(side.read_text(encoding="utf-8"))
+    meta[key] = value
+    return atomic_write_json(side, meta)
 
 
 def read_sidecar(model_path: str | os.PathLike[str]) -> tuple[Config, dict[str, Any]]:

@@ -22,7 +22,7 @@ from ..inference.predictor import Predictor, class_names_of
 from .graph import INPUT_NAMES, OUTPUT_NAMES, check_exportable
 from .onnx import read_sidecar
 
-__all__ = ["OnnxPredictor", "RUNTIME_FIELDS", "is_onnx_path"]
+__all__ = ["OnnxPredictor", "RUNTIME_FIELDS", "graph_inputs", "is_onnx_path"]
 
 #: Config fields that only the runtime reads (mask pasting), so they may differ from the export's.
 RUNTIME_FIELDS = ("mask_threshold",)
@@ -31,6 +31,18 @@ RUNTIME_FIELDS = ("mask_threshold",)
 def is_onnx_path(spec: Any) -> bool:
     """Whether a weights spec names an exported ONNX file (by its ``.onnx`` suffix)."""
     return isinstance(spec, (str, os.PathLike)) and str(spec).lower().endswith(".onnx")
+
+
+def graph_inputs(images: list[Tensor]) -> dict[str, np.ndarray]:
+    """The exported graph's inputs for float ``[C, H, W]`` images in [0, 1]: ``images`` float32
+    ``[B, C, H, W]`` (each at the top-left, zero-padded to the largest) and ``sizes`` int64 ``[B, 2]``."""
+    h = max(int(t.shape[1]) for t in images)
+    w = max(int(t.shape[2]) for t in images)
+    batch = np.zeros((len(images), int(images[0].shape[0]), h, w), dtype=np.float32)
+    for b, t in zip(batch, images):
+        b[:, : t.shape[1], : t.shape[2]] = t.float().cpu().numpy()
+    sizes = np.array([[t.shape[1], t.shape[2]] for t in images], dtype=np.int64)
+    return {"images": batch, "sizes": sizes}
 
 
 class OnnxPredictor(Predictor):
@@ -82,14 +94,7 @@ class OnnxPredictor(Predictor):
         """Images padded into one batch with their sizes (the graph's input contract), one session run,
         outputs split by ``batch_index`` (and filtered by ``score_threshold``, as the eager model does
         after its NMS)."""
-        c = self.config.image_channel_count
-        h = max(int(t.shape[1]) for t in images)
-        w = max(int(t.shape[2]) for t in images)
-        batch = np.zeros((len(images), c, h, w), dtype=np.float32)
-        for b, t in zip(batch, images):
-            b[:, : t.shape[1], : t.shape[2]] = t.float().cpu().numpy()
-        sizes = np.array([[t.shape[1], t.shape[2]] for t in images], dtype=np.int64)
-        boxes, scores, labels, probs, index = self.session.run(OUTPUT_NAMES, {"images": batch, "sizes": sizes})
+        boxes, scores, labels, probs, index = self.session.run(OUTPUT_NAMES, graph_inputs(images))
         out = []
         for k in range(len(images)):
             sel = index == k
