@@ -164,7 +164,7 @@ OTHER_MODELS = {
     "square per-image": dict(image_resize_mode="square", image_normalization="per_image"),
     "pad64 like nuclei": dict(image_resize_mode="pad64", image_normalization="per_image", invert_bright_images=True,
                               image_min_scale=1.5),
-    "none": dict(image_resize_mode="none"),
+    "none": dict(image_resize_mode="none", image_min_scale=2.0),  # none ignores min_scale
 }
 
 

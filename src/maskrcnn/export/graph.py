@@ -106,10 +106,9 @@ class ExportGraph(nn.Module):
             scale = torch.minimum(self.min_dim / short, self.max_dim / long)
             scaled = torch.floor(hw * scale[:, None]).clamp(min=1).to(torch.int64)
             return scaled, scaled, torch.zeros_like(scaled)
-        if self.mode == "none" or not self.min_dim:
-            scale = torch.ones_like(short)
-        else:
-            scale = torch.clamp(self.min_dim / short, min=1.0)
+        if self.mode == "none":
+            return sizes, sizes, torch.zeros_like(sizes)
+        scale = torch.clamp(self.min_dim / short, min=1.0) if self.min_dim else torch.ones_like(short)
         if self.min_scale:
             scale = torch.clamp(scale, min=self.min_scale)
         if self.mode == "square":

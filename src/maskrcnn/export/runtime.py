@@ -10,6 +10,7 @@ own code, so the eager model and the exported one return the same kind of result
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,12 @@ class OnnxPredictor(Predictor):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         providers = ["CPUExecutionProvider"]
-        if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            else:
+                warnings.warn(f"{self.path.name}: this ONNX Runtime has no CUDA provider (pip install onnxruntime-gpu); "
+                              "running on the CPU", stacklevel=2)
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own (InvalidProtobuf, Fail, ...) types
