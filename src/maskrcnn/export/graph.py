@@ -55,6 +55,18 @@ def check_exportable(config: Config) -> None:
     check_inference_mode(config.detect_resize_mode)
 
 
+def _floor_div(a: Tensor, b: int | Tensor) -> Tensor:
+    """``a // b`` of non-negative int64 values, computed in float64 (exact below 2**53). Integer
+    division exported as ONNX ``Div`` was miscomputed by OpenVINO's CPU plugin (2026.4) inside
+    this graph; ``Floor`` of a float quotient runs alike everywhere."""
+    return torch.floor(a.to(torch.float64) / torch.as_tensor(b).to(torch.float64)).to(torch.int64)
+
+
+def _ceil_div(a: Tensor, b: int) -> Tensor:
+    """``ceil(a / b)`` of non-negative int64 values (see :func:`_floor_div`)."""
+    return torch.ceil(a.to(torch.float64) / b).to(torch.int64)
+
+
 def _rank_in_group(group: Tensor, groups: Tensor) -> Tensor:
     """Position of each element among the earlier elements of its group: ``group [N]`` int64 in
     ``[0, G)``, ``groups`` a 0-dim G. ``[N]`` int64 (0 for the first of each group)."""
@@ -117,17 +129,17 @@ class ExportGraph(nn.Module):
         if self.mode == "square":
             frame = torch.full_like(scaled, int(self.max_dim))
         elif self.mode == "pad64":
-            frame = (scaled + 63) // 64 * 64
+            frame = _ceil_div(scaled, 64) * 64
         else:
             frame = scaled
-        return scaled, frame, (frame - scaled) // 2
+        return scaled, frame, _floor_div(frame - scaled, 2)
 
     def preprocess(self, images: Tensor, sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The network input ``[B, C, H', W']`` (normalised, resized, padded as ``InputTransform``)
         and each image's ``scaled``, ``frame`` and ``offset`` (:meth:`geometry`)."""
         scaled, frame, offset = self.geometry(sizes)
         d = self.divisibility
-        padded = (frame.max(0).values + (d - 1)) // d * d
+        padded = _ceil_div(frame.max(0).values, d) * d
         rows = _resize_axis(sizes[:, 0], scaled[:, 0], offset[:, 0], padded[0])
         cols = _resize_axis(sizes[:, 1], scaled[:, 1], offset[:, 1], padded[1])
         if self.mode == "minmax":  # torchvision's order: normalise the original image, then resize
@@ -173,7 +185,8 @@ class ExportGraph(nn.Module):
             b, a, h, w = lg.shape
             ob = lg.permute(0, 2, 3, 1).reshape(b, -1).float()
             rg = dl.view(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, 4).float()
-            anchors = grid_anchors(base.to(ob.device), h, w, hp // h, wp // w)
+            stride_h, stride_w = _floor_div(torch.as_tensor(hp), h), _floor_div(torch.as_tensor(wp), w)
+            anchors = grid_anchors(base.to(ob.device), h, w, stride_h, stride_w)
             k = _topk_min(ob, k_pre, 1)
             top_logits, top = ob.topk(k, dim=1)
             sel = torch.gather(rg, 1, top[:, :, None].expand(-1, -1, 4))
