@@ -59,7 +59,7 @@ def _sidecar_not_json(good, tmp_path):
 def _sidecar_of_another_export(good, tmp_path):
     onnx_path, side = _copy(good, tmp_path)
     meta = json.loads(side.read_text())
-    meta["onnx_sha256"] = "0" * 64
+    meta["files"]["model.onnx"] = "0" * 64
     side.write_text(json.dumps(meta))
     return onnx_path
 
@@ -77,7 +77,7 @@ def _corrupt_onnx_matching_sidecar(good, tmp_path):
     junk = b"\x08\x07garbage, not a protobuf" * 50
     onnx_path.write_bytes(junk)
     meta = json.loads(side.read_text())
-    meta["onnx_sha256"] = hashlib.sha256(junk).hexdigest()
+    meta["files"]["model.onnx"] = hashlib.sha256(junk).hexdigest()
     side.write_text(json.dumps(meta))
     return onnx_path
 
@@ -88,7 +88,7 @@ def _sidecar_bad_config(good, tmp_path):
     onnx_path, side = _copy(good, tmp_path)
     meta = json.loads(side.read_text())
     meta["config"]["num_classes"] = -3
-    meta["onnx_sha256"] = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    meta["files"]["model.onnx"] = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     side.write_text(json.dumps(meta))
     return onnx_path
 
@@ -124,7 +124,7 @@ def test_bad_exported_model_is_one_line(case, good, tmp_path):
 
 EXPORT_CASES = {
     "unknown format": (["--format", "tensorrt"], ["--format tensorrt", "onnx"]),
-    "format not available yet": (["--format", "openvino"], ["--format openvino", "--format onnx"]),
+    "format not available yet": (["--format", "tflite"], ["--format tflite", "--format onnx"]),
     "--int8 without calibration": (["--int8"], ["--int8", "--calibration"]),
     "--calibration that does not exist": (["--int8", "--calibration", "nope"], ["--calibration nope", "no such folder"]),
     "--calibration without --int8": (["--calibration", "cal"], ["--calibration", "--int8"]),

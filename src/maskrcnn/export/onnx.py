@@ -1,13 +1,17 @@
-"""Export a model to ONNX (``model.onnx`` + ``model.json`` sidecar) and read the pair back.
+"""Export a model (``model.onnx``, or OpenVINO's ``model.xml`` + ``.bin``, plus a ``model.json``
+sidecar) and read the sidecar back.
 
 The graph is :class:`~maskrcnn.export.graph.ExportGraph` traced with PyTorch's TorchScript-based
 exporter (``torch.onnx.export(dynamo=False)``; torchvision's ``roi_align`` and ``nms`` have
 symbolic functions there) at opset :data:`OPSET`, with dynamic batch, height, width and
 detection axes. The file is checked with ``onnx.checker`` before it is written (atomically).
+``fmt="openvino"`` converts that ONNX model with ``openvino.convert_model`` (fp32 weights kept)
+and writes OpenVINO's IR instead.
 
 The sidecar (:data:`SIDECAR_SUFFIX`, next to the model) holds what a runtime needs besides the
 graph: the class names, the full config, the input and output contract (:func:`io_contract`)
-and the SHA-256 of the ``.onnx`` file, so that a sidecar of another export is refused.
+and the SHA-256 of each file of the export (``files``), so that a sidecar of another export, or
+a changed or truncated model file, is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,13 +35,16 @@ from ..utils.files import atomic_write_bytes, atomic_write_json
 from ..weights import file_sha256
 from .graph import INPUT_NAMES, OUTPUT_NAMES, ExportGraph, check_exportable
 
-__all__ = ["OPSET", "SIDECAR_SUFFIX", "export_onnx", "io_contract", "read_sidecar", "sidecar_path", "update_sidecar"]
+__all__ = ["OPSET", "SIDECAR_SUFFIX", "FORMATS", "export_model", "export_onnx", "io_contract", "read_sidecar",
+           "sidecar_path", "update_sidecar"]
 
 #: ONNX opset of the export (RoIAlign and NonMaxSuppression as ONNX Runtime runs them).
 OPSET = 17
 SIDECAR_SUFFIX = ".json"
-FORMAT_NAME = "maskrcnn-onnx"
+FORMAT_NAME = "maskrcnn-export"
 FORMAT_VERSION = 1
+#: Model formats and the suffix of their model file.
+FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 
 
 def sidecar_path(model_path: str | os.PathLike[str]) -> Path:
@@ -69,11 +77,17 @@ def io_contract(config: Config) -> dict[str, Any]:
     }
 
 
-def export_onnx(model: MaskRCNN, out: str | os.PathLike[str], *, opset: int = OPSET,
-                calibration: str | os.PathLike[str] | None = None, calibration_images: int = 300,
-                on_skip: Any = None) -> tuple[Path, Path]:
-    """Export ``model`` to ``out`` (``.onnx``) and its sidecar; returns both paths. The model is put in
-    eval mode on the CPU (in place: move it back if it was elsewhere).
+def export_onnx(model: MaskRCNN, out: str | os.PathLike[str], **kw: Any) -> tuple[Path, Path]:
+    """:func:`export_model` to ONNX."""
+    return export_model(model, out, fmt="onnx", **kw)
+
+
+def export_model(model: MaskRCNN, out: str | os.PathLike[str], *, fmt: str = "onnx", opset: int = OPSET,
+                 calibration: str | os.PathLike[str] | None = None, calibration_images: int = 300,
+                 on_skip: Any = None) -> tuple[Path, Path]:
+    """Export ``model`` to ``out`` (``.onnx``, or ``.xml`` for ``fmt="openvino"``) and its sidecar;
+    returns both paths. The model is put in eval mode on the CPU (in place: move it back if it was
+    elsewhere).
 
     ``calibration`` (a folder of images): write the int8 model instead
     (:func:`maskrcnn.export.quantize.quantize_int8`, calibrated on up to ``calibration_images`` of
@@ -83,6 +97,8 @@ def export_onnx(model: MaskRCNN, out: str | os.PathLike[str], *, opset: int = OP
     """
     import onnx
 
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     out = Path(out)
     config = model.config
     check_exportable(config)
@@ -101,25 +117,33 @@ def export_onnx(model: MaskRCNN, out: str | os.PathLike[str], *, opset: int = OP
                           output_names=OUTPUT_NAMES, dynamic_axes=axes, do_constant_folding=True)
     data = buf.getvalue()
     onnx.checker.check_model(onnx.load_from_string(data))
-    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "opset": opset, "torch": torch.__version__,
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model_format": fmt, "opset": opset,
+            "torch": torch.__version__,
             "class_names": class_names_of(config), "config": config.model_dump(mode="json"), **io_contract(config)}
-    if calibration is not None:
-        import tempfile
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        if calibration is not None:
+            from .quantize import quantize_int8
 
-        from .quantize import quantize_int8
-
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            fp32 = _write_export(Path(tmp) / "fp32.onnx", data, meta)[0]
+            fp32 = _write_export(Path(tmp) / "fp32.onnx", {"fp32.onnx": data}, meta)[0]
             data, meta["int8"] = quantize_int8(fp32, calibration, max_images=calibration_images, on_skip=on_skip)
-        onnx.checker.check_model(onnx.load_from_string(data))
-    return _write_export(out, data, meta)
+            onnx.checker.check_model(onnx.load_from_string(data))
+        files = {out.name: data}
+        if fmt == "openvino":
+            from .openvino import onnx_to_openvino
+
+            files = onnx_to_openvino(data, Path(tmp), out.stem)
+    return _write_export(out, files, meta)
 
 
-def _write_export(out: Path, data: bytes, meta: dict[str, Any]) -> tuple[Path, Path]:
-    """Write the model bytes and the sidecar (``meta`` plus the file's name and SHA-256), atomically."""
-    atomic_write_bytes(out, data)
+def _write_export(out: Path, files: dict[str, bytes], meta: dict[str, Any]) -> tuple[Path, Path]:
+    """Write the export's files (``out`` and any others, e.g. OpenVINO's ``.bin``, next to it) and
+    the sidecar (``meta`` plus each file's SHA-256), atomically, the sidecar last."""
+    for name, data in files.items():
+        atomic_write_bytes(out.parent / name, data)
     side = sidecar_path(out)
-    atomic_write_json(side, {**meta, "onnx_file": out.name, "onnx_sha256": hashlib.sha256(data).hexdigest()})
+    atomic_write_json(side, {**meta, "model_file": out.name,
+                             "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}})
     return out, side
 
 
@@ -136,11 +160,11 @@ def read_sidecar(model_path: str | os.PathLike[str]) -> tuple[Config, dict[str, 
     when the model or its sidecar is missing, unreadable, or belongs to another export."""
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise WeightsError(f"{model_path}: no such ONNX file; pass a model written by `maskrcnn export --format onnx`")
+        raise WeightsError(f"{model_path}: no such file; pass a model written by `maskrcnn export`")
     side = sidecar_path(model_path)
     if not side.is_file():
         raise WeightsError(f"{side}: the sidecar of {model_path.name} is missing; keep the .json that "
-                           "`maskrcnn export` wrote next to the .onnx (or export again)")
+                           f"`maskrcnn export` wrote next to the {model_path.suffix} (or export again)")
     try:
         meta = json.loads(side.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -148,9 +172,17 @@ def read_sidecar(model_path: str | os.PathLike[str]) -> tuple[Config, dict[str, 
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME or not isinstance(meta.get("config"), dict):
         raise WeightsError(f"{side}: not a maskrcnn export sidecar (no format {FORMAT_NAME!r} with a config); "
                            "export the model again")
-    if meta.get("onnx_sha256") != file_sha256(model_path):
-        raise WeightsError(f"{side}: sidecar does not match {model_path.name} (another export, or the .onnx was "
-                           "changed or truncated); export the model again")
+    files = meta.get("files")
+    if not isinstance(files, dict) or model_path.name not in files:
+        raise WeightsError(f"{side}: sidecar does not list {model_path.name} (it belongs to another export); "
+                           "export the model again")
+    for name, digest in files.items():
+        path = model_path.parent / str(name)
+        if not path.is_file():
+            raise WeightsError(f"{path}: missing (part of this export, listed in {side.name}); export the model again")
+        if digest != file_sha256(path):
+            raise WeightsError(f"{side}: sidecar does not match {name} (another export, or the file was changed or "
+                               "truncated); export the model again")
     try:
         config = Config(**meta["config"])
     except Exception as exc:  # a ConfigError or pydantic's ValidationError

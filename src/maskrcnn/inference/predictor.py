@@ -34,9 +34,10 @@ def load(weights: str | os.PathLike | None = "coco", *, config: Config | str | o
 
     Args:
         weights: ``"coco"`` / ``"coco-v2"`` (downloaded once, hash-checked), one of our checkpoints
-            (``.safetensors`` file or folder), a torchvision state-dict ``.pth``, a ``.onnx`` file
-            written by ``maskrcnn export`` (run with ONNX Runtime: :class:`maskrcnn.export.runtime.OnnxPredictor`;
-            its config is the export's, only ``mask_threshold`` may be overridden), or ``None`` for
+            (``.safetensors`` file or folder), a torchvision state-dict ``.pth``, a model written by
+            ``maskrcnn export`` (``.onnx`` run with ONNX Runtime, ``.xml`` with OpenVINO:
+            :mod:`maskrcnn.export.runtime`; its config is the export's, only ``mask_threshold`` may
+            be overridden), or ``None`` for
             random weights (with ``config``).
         config: a :class:`Config` or YAML path; by default the checkpoint's own or the one implied by
             the state dict. Its class count must match the weights' (a one-line error otherwise).
@@ -49,17 +50,17 @@ def load(weights: str | os.PathLike | None = "coco", *, config: Config | str | o
     from ..engine.runtime import resolve_device
 
     device = resolve_device(device)  # a bad name is an error before the weights are read
-    from ..export.runtime import RUNTIME_FIELDS, is_onnx_path
+    from ..export.runtime import RUNTIME_FIELDS, is_exported_path
 
-    if is_onnx_path(weights):
+    if is_exported_path(weights):
         fixed = [k for k in overrides if k not in RUNTIME_FIELDS]
         fixed += [name for name, v in (("config", config), ("fast", fast), ("frozen_bn_eps", frozen_bn_eps)) if v]
         if fixed:
             raise ConfigError(f"{weights}: {fixed[0]} cannot change an exported model (its config is fixed at export); "
                               "drop it, or export again from a checkpoint with that setting")
-        from ..export.runtime import OnnxPredictor
+        from ..export.runtime import exported_predictor
 
-        return OnnxPredictor(weights, device=device, **overrides)
+        return exported_predictor(weights, device=device, **overrides)
     if isinstance(config, (str, os.PathLike)):
         config = Config.from_yaml(config)
     resolved = W.resolve_weights(weights, progress=progress) if weights is not None else None
