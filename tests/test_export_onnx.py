@@ -42,6 +42,17 @@ def exported(tmp_path_factory):
     return Predictor(model, device="cpu"), OnnxPredictor(path, threads=1), path
 
 
+def checkpoint_and_photos(tmp_path):
+    """``(model, checkpoint, folder)``: the biased model saved as a checkpoint, and :data:`PHOTOS` as PNGs."""
+    model = biased_model()
+    ck = save_checkpoint(model, model.config, tmp_path / "tiny.safetensors")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for h, w, name in PHOTOS:
+        Image.fromarray(photo(h, w, name)).save(folder / f"{name}.png")
+    return model, ck, folder
+
+
 def _images(which):
     return [torch.from_numpy(photo(h, w, name)).permute(2, 0, 1).float() / 255 for h, w, name in which]
 
@@ -120,12 +131,7 @@ def test_sidecar_holds_classes_config_and_contract(exported):
 def test_detect_cli_gives_the_same_json_from_checkpoint_and_export(tmp_path):
     from pycocotools import mask as mask_utils
 
-    model = biased_model()
-    ck = save_checkpoint(model, model.config, tmp_path / "tiny.safetensors")
-    images = tmp_path / "images"
-    images.mkdir()
-    for h, w, name in PHOTOS:
-        Image.fromarray(photo(h, w, name)).save(images / f"{name}.png")
+    _, ck, images = checkpoint_and_photos(tmp_path)
     result = run_cli("export", "--weights", ck, "--format", "onnx", "--out", tmp_path / "deploy")
     assert result.code == 0, result.err
     onnx_path = tmp_path / "deploy" / "model.onnx"

@@ -12,7 +12,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 pytest.importorskip("onnx")
 pytest.importorskip("openvino")
@@ -21,10 +20,9 @@ import maskrcnn  # noqa: E402
 from maskrcnn.export.onnx import export_model  # noqa: E402
 from maskrcnn.export.runtime import OpenVinoPredictor  # noqa: E402
 from maskrcnn.inference.predictor import Predictor  # noqa: E402
-from maskrcnn.weights import save_checkpoint  # noqa: E402
 
 from _bad_input import assert_clean_error, run_cli  # noqa: E402
-from test_export_onnx import PHOTOS, _images  # noqa: E402
+from test_export_onnx import PHOTOS, _images, checkpoint_and_photos  # noqa: E402
 from test_predictor_inputs import biased_model, photo  # noqa: E402
 
 
@@ -62,12 +60,7 @@ def test_openvino_no_detection_is_empty(tmp_path):
 
 
 def test_cli_export_openvino_and_detect_match_the_checkpoint(tmp_path):
-    model = biased_model()
-    ck = save_checkpoint(model, model.config, tmp_path / "tiny.safetensors")
-    images = tmp_path / "images"
-    images.mkdir()
-    for h, w, name in PHOTOS:
-        Image.fromarray(photo(h, w, name)).save(images / f"{name}.png")
+    _, ck, images = checkpoint_and_photos(tmp_path)
     r = run_cli("export", "--weights", ck, "--format", "openvino", "--out", tmp_path / "ov")
     assert r.code == 0, r.err
     xml = tmp_path / "ov" / "model.xml"
@@ -96,12 +89,7 @@ def test_int8_openvino_export_runs_quantised(tmp_path):
     import openvino as ov
     from torchvision.ops import box_iou
 
-    model = biased_model()
-    ck = save_checkpoint(model, model.config, tmp_path / "tiny.safetensors")
-    cal = tmp_path / "cal"
-    cal.mkdir()
-    for h, w, name in PHOTOS:
-        Image.fromarray(photo(h, w, name)).save(cal / f"{name}.png")
+    model, ck, cal = checkpoint_and_photos(tmp_path)
     r = run_cli("export", "--weights", ck, "--format", "openvino", "--int8", "--calibration", cal, "--out", tmp_path / "q")
     assert r.code == 0, r.err
     xml = tmp_path / "q" / "model.xml"
