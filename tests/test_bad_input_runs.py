@@ -367,6 +367,7 @@ OUTPUT_COMMANDS = {
     "convert": lambda out, root: ["convert", "src_folder", "--out", out / "x.json"],
     "plan": lambda out, root: ["plan", "--config", "shapes_demo", "--write", out / "c.yaml"],
     "demo": lambda out, root: ["demo", "--out", out],
+    "export": lambda out, root: ["export", "--weights", "w.safetensors", "--out", out / "m.onnx"],
 }
 
 

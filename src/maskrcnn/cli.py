@@ -25,7 +25,7 @@ from types import ModuleType
 
 from .errors import MaskRCNNError, os_error_message, user_os_error
 
-COMMANDS = ["detect", "train", "evaluate", "demo", "convert", "check_data", "plan", "tune", "config", "serve"]
+COMMANDS = ["detect", "train", "evaluate", "demo", "convert", "check_data", "plan", "tune", "config", "export", "serve"]
 
 #: pip names of import names that differ (for the "missing package" message).
 _PIP_NAMES = {"PIL": "pillow", "yaml": "pyyaml", "skimage": "scikit-image", "cv2": "opencv-python",

@@ -97,7 +97,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MASKRCNN_CACHE", Path.home() / ".cache" / "maskrcnn")) / "weights"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -172,7 +173,7 @@ def resolve_named(name: str, *, progress: bool = True) -> tuple[Path, NamedWeigh
                            "a checkpoint (.safetensors or folder) or a torchvision .pth file") from None
     path = download(entry.url, entry.file, progress=progress)
     prefix = _expected_prefix(entry.file)
-    if prefix is not None and not _sha256(path).startswith(prefix):
+    if prefix is not None and not file_sha256(path).startswith(prefix):
         raise WeightsError(f"{path}: SHA-256 does not match {prefix}; delete the file and download it again")
     return path, entry
 

@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        f"least one image was processed, {EXIT_ALL_UNREADABLE} when every input was unreadable, "
                        "2 for a usage error.")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or videos")
-    p.add_argument("--weights", required=True, help="coco, coco-v2, a checkpoint (.safetensors or folder) or a torchvision .pth")
+    p.add_argument("--weights", required=True, help="coco, coco-v2, a checkpoint (.safetensors or folder), a torchvision .pth or an exported .onnx (run with ONNX Runtime)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score", type=probability, default=0.5, help="minimum score of written detections (default 0.5)")
     p.add_argument("--config", help="config YAML (default: the checkpoint's)")

@@ -19,7 +19,7 @@ SHOW_SKIPPED = 20
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a model on a dataset (COCO box/mask AP, VOC mAP, DSB score, plots)")
-    p.add_argument("--weights", required=True, help="a checkpoint (.safetensors or folder), coco, coco-v2 or a torchvision .pth")
+    p.add_argument("--weights", required=True, help="a checkpoint (.safetensors or folder), coco, coco-v2, a torchvision .pth or an exported .onnx")
     p.add_argument("--data", required=True, help="dataset: COCO JSON, VIA, LabelMe, mask folder or YOLO (format detected)")
     p.add_argument("--format", help="dataset format when detection is ambiguous")
     p.add_argument("--config", help="config YAML (default: the checkpoint's)")

@@ -66,6 +66,7 @@ __all__ = [
     "resample_masks",
     "resample_image",
     "compute_scale",
+    "unscale_boxes",
 ]
 
 RESIZE_MODES = ("minmax", "none", "square", "pad64", "crop")
@@ -217,15 +218,8 @@ class ResizeInfo:
         oy, ox = self.offset_yx
         if oy or ox:
             b = b - b.new_tensor([ox, oy, ox, oy])
-        (h, w), (sh, sw) = self.original_size, self.scaled_size
         f32 = dict(dtype=torch.float32, device=b.device)
-        ratio_h = torch.tensor(h, **f32) / torch.tensor(sh, **f32)
-        ratio_w = torch.tensor(w, **f32) / torch.tensor(sw, **f32)
-        x1, y1, x2, y2 = b.unbind(1)
-        xs, ys = torch.stack((x1 * ratio_w, x2 * ratio_w), 1), torch.stack((y1 * ratio_h, y2 * ratio_h), 1)
-        if clip:
-            xs, ys = xs.clamp(0, w), ys.clamp(0, h)
-        out = torch.stack((xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]), dim=1)
+        out = unscale_boxes(b, torch.tensor(self.original_size, **f32), torch.tensor(self.scaled_size, **f32), clip)
         return out if isinstance(boxes_xyxy, torch.Tensor) else out.numpy()
 
     # ------------------------------------------------------------------ images and masks
@@ -281,6 +275,23 @@ class ResizeInfo:
         if top or bottom or left or right:
             return F.pad(t, (left, right, top, bottom))
         return t
+
+
+def unscale_boxes(boxes: torch.Tensor, original: torch.Tensor, scaled: torch.Tensor, clip: bool = True) -> torch.Tensor:
+    """Boxes ``[N, 4]`` xyxy of a scaled image back to the original: ``x * (W / scaled_w)`` (the ratio in
+    float32, as torchvision's ``resize_boxes``), clamped to ``[0, W] x [0, H]`` with ``clip``.
+
+    ``original`` / ``scaled`` are float32 ``(H, W)`` sizes: ``[2]`` for every box, or ``[N, 2]``
+    per box (the exported graph maps a whole batch at once)."""
+    ratio = original / scaled
+    ratio_h, ratio_w = ratio[..., 0], ratio[..., 1]
+    x1, y1, x2, y2 = boxes.unbind(1)
+    xs, ys = torch.stack((x1 * ratio_w, x2 * ratio_w), 1), torch.stack((y1 * ratio_h, y2 * ratio_h), 1)
+    if clip:
+        h = original[..., 0].reshape(-1, 1) if original.dim() > 1 else original[0]
+        w = original[..., 1].reshape(-1, 1) if original.dim() > 1 else original[1]
+        xs, ys = torch.minimum(xs.clamp(min=0), w), torch.minimum(ys.clamp(min=0), h)
+    return torch.stack((xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]), dim=1)
 
 
 def _as_tensor(a: np.ndarray | torch.Tensor) -> torch.Tensor:

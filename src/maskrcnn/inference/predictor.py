@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..errors import DataError
 from ..modeling import MaskRCNN, build_model
 from .paste import paste_masks
 from .results import Detections
 
-__all__ = ["load", "Predictor", "ImageInput"]
+__all__ = ["load", "Predictor", "ImageInput", "class_names_of"]
 
 ImageInput = Union[str, os.PathLike, np.ndarray, Tensor, Any]  # Any: PIL.Image.Image
 
@@ -34,7 +34,10 @@ def load(weights: str | os.PathLike | None = "coco", *, config: Config | str | o
 
     Args:
         weights: ``"coco"`` / ``"coco-v2"`` (downloaded once, hash-checked), one of our checkpoints
-            (``.safetensors`` file or folder), a torchvision state-dict ``.pth``, or ``None`` for
+            (``.safetensors`` file or folder), a torchvision state-dict ``.pth``, a model written by
+            ``maskrcnn export`` (``.onnx`` run with ONNX Runtime, ``.xml`` with OpenVINO:
+            :mod:`maskrcnn.export.runtime`; its config is the export's, only ``mask_threshold`` may
+            be overridden), or ``None`` for
             random weights (with ``config``).
         config: a :class:`Config` or YAML path; by default the checkpoint's own or the one implied by
             the state dict. Its class count must match the weights' (a one-line error otherwise).
@@ -47,6 +50,17 @@ def load(weights: str | os.PathLike | None = "coco", *, config: Config | str | o
     from ..engine.runtime import resolve_device
 
     device = resolve_device(device)  # a bad name is an error before the weights are read
+    from ..export.runtime import RUNTIME_FIELDS, is_exported_path
+
+    if is_exported_path(weights):
+        fixed = [k for k in overrides if k not in RUNTIME_FIELDS]
+        fixed += [name for name, v in (("config", config), ("fast", fast), ("frozen_bn_eps", frozen_bn_eps)) if v]
+        if fixed:
+            raise ConfigError(f"{weights}: {fixed[0]} cannot change an exported model (its config is fixed at export); "
+                              "drop it, or export again from a checkpoint with that setting")
+        from ..export.runtime import exported_predictor
+
+        return exported_predictor(weights, device=device, **overrides)
     if isinstance(config, (str, os.PathLike)):
         config = Config.from_yaml(config)
     resolved = W.resolve_weights(weights, progress=progress) if weights is not None else None
@@ -66,6 +80,11 @@ def load(weights: str | os.PathLike | None = "coco", *, config: Config | str | o
     if resolved is not None:
         W.load_into(model, resolved.state_dict, source=resolved.source, reinit_classes=False, log=_log)
     return Predictor(model, device=device)
+
+
+def class_names_of(config: Config) -> list[str]:
+    """The model's class names (index = class id): ``config.class_names``, else ``BG, 1, 2, ...``."""
+    return list(config.class_names) if config.class_names else ["BG"] + [str(i) for i in range(1, config.num_classes)]
 
 
 class Predictor:
@@ -101,8 +120,7 @@ class Predictor:
                                else model.config.replace(inference_resize_mode=resize_mode))
         self.transform = (self.model.transform if resize_mode is None
                           else InputTransform(self.config).to(self.device))
-        c = self.config
-        self.class_names = list(c.class_names) if c.class_names else ["BG"] + [str(i) for i in range(1, c.num_classes)]
+        self.class_names = class_names_of(self.config)
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ input conversion
@@ -218,13 +236,19 @@ class Predictor:
         if batch:
             yield from self._run(batch, score_threshold, mask_threshold)
 
+    def _detect_raw(self, images: list[Tensor], score_threshold: float | None) -> list[dict[str, Tensor]]:
+        """The model's raw detections of float ``[C, H, W]`` images in [0, 1] (see ``MaskRCNN.detect``):
+        per image ``boxes`` (original pixels), ``labels``, ``scores``, ``mask_probs [N, M, M]``.
+        The one step a runtime predictor replaces (:class:`maskrcnn.export.runtime.OnnxPredictor`)."""
+        tensors = [t.to(self.device) for t in images]
+        return self.model.detect(tensors, score_threshold=score_threshold, transform=self.transform)
+
     def _run(self, batch: list[tuple[np.ndarray, str | None]], score_threshold: float | None,
              mask_threshold: float | None) -> list[Detections]:
         from ..data.images import to_float_tensor
 
         thr = self.config.mask_threshold if mask_threshold is None else mask_threshold
-        tensors = [to_float_tensor(a).to(self.device) for a, _ in batch]
-        raw = self.model.detect(tensors, score_threshold=score_threshold, transform=self.transform)
+        raw = self._detect_raw([to_float_tensor(a) for a, _ in batch], score_threshold)
         out = []
         for r, (a, fname) in zip(raw, batch):
             size = (a.shape[0], a.shape[1])

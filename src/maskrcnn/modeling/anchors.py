@@ -11,7 +11,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["AnchorGenerator"]
+__all__ = ["AnchorGenerator", "grid_anchors"]
+
+
+def grid_anchors(base: Tensor, fh: int | Tensor, fw: int | Tensor, stride_h: Tensor, stride_w: Tensor) -> Tensor:
+    """Anchors ``[fh*fw*A, 4]`` of one level: ``base [A, 4]`` shifted to every cell's top-left corner
+    ``(x * stride_w, y * stride_h)``, in (y, x, anchor) order. Sizes may be traced values (export)."""
+    device = base.device
+    shifts_x = torch.arange(0, fw, dtype=torch.int32, device=device) * stride_w
+    shifts_y = torch.arange(0, fh, dtype=torch.int32, device=device) * stride_h
+    shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+    shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
+    shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+    return (shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4)
 
 
 class AnchorGenerator(nn.Module):
@@ -52,13 +64,7 @@ class AnchorGenerator(nn.Module):
         for (fh, fw), base in zip(feature_sizes, self.cell_anchors):
             sh = torch.tensor(image_size[0] // fh, dtype=torch.int64, device=device)
             sw = torch.tensor(image_size[1] // fw, dtype=torch.int64, device=device)
-            shifts_x = torch.arange(0, fw, dtype=torch.int32, device=device) * sw
-            shifts_y = torch.arange(0, fh, dtype=torch.int32, device=device) * sh
-            shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
-            shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
-            shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
-            base = base.to(dtype=dtype, device=device)
-            anchors.append((shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4))
+            anchors.append(grid_anchors(base.to(dtype=dtype, device=device), fh, fw, sh, sw))
         if len(self._cache) >= self._max_cache:
             self._cache.pop(next(iter(self._cache)))
         self._cache[key] = anchors

@@ -63,7 +63,15 @@ class BoxCoder:
         return torch.stack((pred_ctr_x - c_w, pred_ctr_y - c_h, pred_ctr_x + c_w, pred_ctr_y + c_h), dim=2)
 
 
-def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """Clip ``boxes [N, 4]`` (x1, y1, x2, y2) to an image of ``size (H, W)``: x to ``[0, W]``, y to ``[0, H]``."""
+def clip_boxes(boxes: Tensor, size: tuple[int, int] | Tensor) -> Tensor:
+    """Clip ``boxes [N, 4]`` (x1, y1, x2, y2) to an image of ``size (H, W)``: x to ``[0, W]``, y to ``[0, H]``.
+
+    ``size`` may also be a ``[N, 2]`` tensor: each box's own image ``(H, W)`` (the exported graph
+    clips the boxes of a whole batch at once)."""
+    if isinstance(size, Tensor):
+        h, w = size[:, 0:1].to(boxes.dtype), size[:, 1:2].to(boxes.dtype)
+        xs = torch.minimum(boxes[:, 0::2].clamp(min=0), w)
+        ys = torch.minimum(boxes[:, 1::2].clamp(min=0), h)
+        return torch.stack((xs, ys), dim=2).reshape(-1, 4)
     h, w = size
     return torch.stack((boxes[:, 0::2].clamp(0, w), boxes[:, 1::2].clamp(0, h)), dim=2).reshape(-1, 4)

@@ -34,19 +34,25 @@ class MultiLevelRoIAlign:
         self.scales = [1.0 / s for s in strides]
 
     def __call__(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
-        feats = features[: len(self.scales)]
         concat = torch.cat(boxes, 0)
         ids = torch.cat([torch.full((b.shape[0], 1), i, dtype=concat.dtype, device=concat.device)
                          for i, b in enumerate(boxes)], 0)
-        rois = torch.cat([ids, concat], 1)
-        levels = roi_levels(concat)
+        return self.pool(features, torch.cat([ids, concat], 1))
+
+    def pool(self, features: list[Tensor], rois: Tensor) -> Tensor:
+        """Pooled ``[R, C, S, S]`` of ``rois [R, 5]`` (batch index, x1, y1, x2, y2). While tracing
+        (ONNX export) every level runs, empty or not (the traced graph must not depend on the
+        example's counts)."""
+        feats = features[: len(self.scales)]
+        tracing = torch.jit.is_tracing()
+        levels = roi_levels(rois[:, 1:])
         c = feats[0].shape[1]
         result = torch.zeros((rois.shape[0], c) + self.output_size, dtype=feats[0].dtype, device=feats[0].device)
-        if rois.shape[0] == 0:
+        if rois.shape[0] == 0 and not tracing:
             return result
         for level, (feat, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.where(levels == level)[0]
-            if idx.numel() == 0:
+            if idx.numel() == 0 and not tracing:
                 continue
             out = roi_align(feat, rois[idx], self.output_size, spatial_scale=scale,
                             sampling_ratio=self.sampling_ratio, aligned=False)

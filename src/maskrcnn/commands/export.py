@@ -1,0 +1,132 @@
+"""``maskrcnn export --weights W [--format onnx|openvino] --out PATH [--int8 --calibration DIR [--validation DATA]]``.
+
+``--out`` is the model file to write (``.onnx``; ``.xml`` for OpenVINO, with its ``.bin``), or a
+folder (then ``model.onnx`` / ``model.xml`` in it); the sidecar
+(class names, config, input/output contract) is written next to it with the suffix ``.json``.
+The graph and its contract: :mod:`maskrcnn.export.graph` and :mod:`maskrcnn.export.onnx`; run the
+result with ``maskrcnn detect --weights model.onnx`` (or ``model.xml``) or ``maskrcnn.load(...)``.
+``--int8`` writes the int8 model instead (:mod:`maskrcnn.export.quantize`, calibrated on
+``--calibration``); ``--validation`` then measures what it costs (mask and box AP of the exact
+model and of the int8 export, printed and stored in the sidecar's ``int8.validation``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DataError, MaskRCNNError, WeightsError
+from ..utils.files import ensure_output_file
+from .args import positive_int
+
+if TYPE_CHECKING:
+    from ..inference.predictor import Predictor
+
+#: Formats ``--format`` accepts, and the ones this version can write.
+FORMATS = ("onnx", "openvino", "tflite")
+AVAILABLE = ("onnx", "openvino")
+
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("export", help="export a model to ONNX (model + sidecar with classes, config, input contract)",
+                       description="Export a checkpoint to a deployable model: dynamic batch and image size, "
+                       "normalisation and resizing inside, outputs boxes, scores, labels and per-detection mask "
+                       "probabilities. Writes PATH (.onnx, or .xml + .bin for openvino) and PATH with suffix .json (the sidecar).")
+    p.add_argument("--weights", required=True, help="coco, coco-v2, a checkpoint (.safetensors or folder) or a torchvision .pth")
+    p.add_argument("--format", default="onnx", help="onnx (default; ONNX Runtime) or openvino (model.xml + .bin); "
+                   f"{', '.join(f for f in FORMATS if f not in AVAILABLE)}: not available yet")
+    p.add_argument("--out", required=True, help="the model file to write (.onnx, .xml for openvino), or a folder "
+                   "(model.onnx / model.xml in it)")
+    p.add_argument("--config", help="config YAML (default: the checkpoint's)")
+    p.add_argument("--int8", action="store_true", help="int8 post-training quantisation with ONNX Runtime (needs --calibration)")
+    p.add_argument("--calibration", help="with --int8: a folder of your images to calibrate on (a few hundred)")
+    p.add_argument("--calibration-images", type=positive_int, default=300, metavar="N",
+                   help="with --int8: calibrate on at most N images (default 300)")
+    p.add_argument("--validation", help="with --int8: a dataset (COCO JSON, VIA, LabelMe, mask folder or YOLO) to "
+                   "measure what int8 costs: mask and box AP of the exact model and of the int8 export")
+    p.add_argument("--validation-format", help="dataset format of --validation when detection is ambiguous")
+    return p
+
+
+def output_path(out: str, fmt: str = "onnx") -> Path:
+    """``--out`` as the model file to write: a path with the format's suffix (``.onnx``, ``.xml``) as
+    is, else ``out/model.<suffix>``."""
+    from ..export.onnx import FORMATS as SUFFIXES
+
+    path = Path(out)
+    return path if path.suffix.lower() == SUFFIXES[fmt] else path / f"model{SUFFIXES[fmt]}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export.onnx import export_model
+    from ..export.runtime import is_exported_path
+    from ..inference.predictor import load
+
+    fmt = args.format.strip().lower()
+    if fmt not in FORMATS:
+        raise MaskRCNNError(f"--format {args.format}: unknown format; use onnx or openvino")
+    if fmt not in AVAILABLE:
+        raise MaskRCNNError(f"--format {fmt}: not available in this version yet; use --format onnx or openvino "
+                            "(maskrcnn detect --weights model.onnx / model.xml runs them)")
+    if args.int8 and not args.calibration:
+        raise MaskRCNNError("--int8 needs --calibration DATA (a folder of a few hundred of your images); "
+                            "pass it, or drop --int8 for an fp32 export")
+    if not args.int8 and (args.calibration or args.validation):
+        flag = "--calibration" if args.calibration else "--validation"
+        raise MaskRCNNError(f"{flag} is only used with --int8; add --int8 or drop {flag}")
+    if args.calibration and not Path(args.calibration).exists():
+        raise DataError(f"--calibration {args.calibration}: no such folder; pass a folder of your images")
+    if is_exported_path(args.weights):
+        raise WeightsError(f"{args.weights}: already an exported model; pass the checkpoint it came from to --weights")
+    out = ensure_output_file(output_path(args.out, fmt))
+    # exact mode (fast=False): the export is compared with, and documented as, the exact model
+    predictor = load(args.weights, config=args.config, device="cpu", fast=False, progress=False)
+    dataset = None
+    if args.validation:  # read before the export: a bad dataset fails in seconds, not after calibration
+        from ..data.formats import load_dataset
+
+        dataset = load_dataset(args.validation, format=args.validation_format)
+
+    def skip(name: str, exc: MaskRCNNError) -> None:
+        print(f"skipped {name}: {exc}" if name not in str(exc) else f"skipped: {exc}", file=sys.stderr)
+
+    model_path, side = export_model(predictor.model, out, fmt=fmt, calibration=args.calibration if args.int8 else None,
+                                    calibration_images=args.calibration_images, on_skip=skip)
+    kind = "int8" if args.int8 else "fp32"
+    size = sum((model_path.parent / f).stat().st_size for f in json.loads(side.read_text())["files"]) / 2**20
+    print(f"exported {kind} {fmt} {model_path} ({size:.1f} MiB) and {side.name}; "
+          f"run it with: maskrcnn detect --weights {model_path} IMAGES --out DIR")
+    if dataset is not None:
+        cost = int8_cost(predictor, model_path, dataset, args.validation)
+        points = "n/a" if cost["mask_AP_cost"] is None else f"{cost['mask_AP_cost']:.2f}"
+        print(f"int8 on {args.validation}: mask AP {_ap(cost['int8_mask_AP'])} (exact {_ap(cost['exact_mask_AP'])}, "
+              f"cost {points} points), box AP {_ap(cost['int8_box_AP'])} (exact {_ap(cost['exact_box_AP'])}); "
+              f"recorded in {side.name}")
+    return 0
+
+
+def int8_cost(exact: "Predictor", int8_model: Path, dataset: Any, name: str) -> dict[str, Any]:
+    """Mask and box AP of the exact model and of the int8 export on ``dataset``, and the difference
+    (in AP points, 0-100); also stored in the export's sidecar under ``int8.validation``."""
+    from ..evaluation import evaluate_model
+    from ..export.onnx import read_sidecar, update_sidecar
+    from ..export.runtime import exported_predictor
+
+    reports = {key: evaluate_model(p, dataset, model_name=key, data_name=name)
+               for key, p in (("exact", exact), ("int8", exported_predictor(int8_model)))}
+    ap = {f"{key}_{t}_AP": (r.get("coco") or {}).get(iou, {}).get("AP")
+          for key, r in reports.items() for t, iou in (("mask", "segm"), ("box", "bbox"))}
+    cost = {"data": name, "images": len(dataset.image_ids), **ap,
+            "mask_AP_cost": None if None in (ap["exact_mask_AP"], ap["int8_mask_AP"])
+            else 100 * (ap["exact_mask_AP"] - ap["int8_mask_AP"])}
+    _, meta = read_sidecar(int8_model)
+    update_sidecar(int8_model, "int8", {**meta.get("int8", {}), "validation": cost})
+    return cost
+
+
+def _ap(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
