@@ -32,7 +32,7 @@ import torch
 
 __all__ = [
     "set_threads", "photos", "sync", "Timer", "PeakMemory", "matmul_peak_gflops", "count_flops", "median",
-    "machine_info", "format_table",
+    "machine_info", "cpu_info", "cpu_line", "format_table",
 ]
 
 
@@ -218,9 +218,45 @@ def count_flops(module: torch.nn.Module, shape: tuple[int, ...]) -> int:
     return int(counter.get_total_flops())
 
 
+#: CPU flags that decide which kernels run (fp32 AVX2 / AVX-512, bf16 native or emulated)
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_fp16", "avx512_fp16", "bf16")
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name, the flags of :data:`CPU_FLAGS` it has, torch's kernel capability and
+    whether ``amp: auto`` / fast mode use bf16 on it (``maskrcnn.engine.runtime.cpu_has_fast_bf16``)."""
+    import re
+    from pathlib import Path
+
+    from maskrcnn.engine.runtime import cpu_has_fast_bf16
+
+    info: dict[str, Any] = {"cpu_model": platform.processor() or platform.machine(), "cpu_flags": []}
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+        model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+        if model:
+            info["cpu_model"] = model.group(1).strip()
+        flags = set(re.findall(r"[\w.]+", text))
+        info["cpu_flags"] = [f for f in CPU_FLAGS if f in flags]
+    with contextlib.suppress(AttributeError, RuntimeError):
+        info["torch_cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
+    info["native_bf16"] = cpu_has_fast_bf16()
+    return info
+
+
+def cpu_line() -> str:
+    """One line naming the CPU, its flags and what bf16 means on it (for the benchmarks' headers)."""
+    c = cpu_info()
+    bf16 = "native bf16: amp auto and fast mode use bf16" if c["native_bf16"] else \
+        "no native bf16: amp auto and fast mode stay fp32 (forced bf16 is emulated)"
+    return (f"CPU: {c['cpu_model']}, flags {' '.join(c['cpu_flags']) or '?'}, torch kernels "
+            f"{c.get('torch_cpu_capability', '?')}; {bf16}")
+
+
 def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
     info: dict[str, Any] = {"device": str(device), "threads": threads, "torch": torch.__version__,
-                            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+                            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                            **cpu_info()}
     with contextlib.suppress(Exception):
         import torchvision
 

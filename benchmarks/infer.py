@@ -11,7 +11,9 @@ same uint8 ``[H, W, 3]`` photographs:
 * torchvision: uint8 -> float tensors, ``model(images)``: boxes, labels, scores and float masks
   ``[N, 1, H, W]`` pasted into the full image (its output; left on the device).
 * ours: ``Predictor.detect(images, batch_size=B)``: the same conversion, the model, and bool masks
-  ``[N, H, W]`` pasted inside each box, as numpy on the CPU.
+  ``[N, H, W]`` pasted inside each box, as numpy on the CPU; exact mode, and fast mode
+  (``Config.fast``: BatchNorm folded, channels-last, dense layers in ``--fast-dtypes``: ``auto`` is
+  bf16 on a CPU with native bf16 or a GPU, fp32 elsewhere) at a score threshold of 0.5.
 
 The two run interleaved in one process (alternating which goes first), after ``--warmup`` calls
 per configuration that are not timed. Per configuration (input short side x batch size) the
@@ -23,7 +25,7 @@ the outputs are equal (same labels, boxes within 1e-4, masks: torchvision's ``>=
 ours) and exits with status 1 when they are not.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/infer.py [--quick] [--device cuda] [--threads 2]
-        [--repeats 5] [--sizes 800 320] [--batches 1 4] [--json results.json]
+        [--repeats 5] [--sizes 800 320] [--batches 1 4] [--fast-dtypes auto fp32 bf16] [--json results.json]
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (PeakMemory, Timer, count_flops, format_table, machine_info, matmul_peak_gflops, median,  # noqa: E402
-                    photos, set_threads, sync)
+from common import (PeakMemory, Timer, count_flops, cpu_line, format_table, machine_info, matmul_peak_gflops,  # noqa: E402
+                    median, photos, set_threads, sync)
 
 
 def build_torchvision(seed: int) -> torch.nn.Module:
@@ -94,6 +96,12 @@ def compare(tv_out: list[dict[str, torch.Tensor]], ours: list[Any]) -> dict[str,
 SCORE = 0.5
 
 
+def fast_name(fast_dtype: str) -> str:
+    """Row name of a fast-mode variant: ``ours-fast@0.5`` (auto: what ``fast=True`` does here), else
+    ``ours-fast-<dtype>@0.5``."""
+    return f"ours-fast@{SCORE}" if fast_dtype == "auto" else f"ours-fast-{fast_dtype}@{SCORE}"
+
+
 def compare_fast(exact: list[Any], fast: list[Any]) -> dict[str, Any]:
     """Fast mode against exact mode above ``SCORE``: each exact detection matched to the fast one of the
     same class with the highest box IoU; mean box and mask IoU over exact detections (unmatched count 0)."""
@@ -140,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--quick", action="store_true", help="one timed call per configuration (after the warm-up)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fast-dtypes", nargs="+", default=["auto"], choices=["auto", "bf16", "fp16", "fp32"],
+                        help="fast-mode variants (Config.fast_dtype) to time, default auto (what fast=True does here); "
+                             "e.g. --fast-dtypes fp32 bf16 for both")
     parser.add_argument("--json", help="also write the JSON result to this file")
     args = parser.parse_args(argv)
     if args.quick:
@@ -165,11 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             tv.transform.min_size = (size,)
             ours = maskrcnn.load(pth, device=device, image_min_dim=size)
-            fast = maskrcnn.load(pth, device=device, image_min_dim=size, fast=True)
+            fasts = {fast_name(d): maskrcnn.load(pth, device=device, image_min_dim=size, fast=True, fast_dtype=d)
+                     for d in args.fast_dtypes}
+            for name, f in fasts.items():
+                print(f"{name}: {f.mode}", file=sys.stderr, flush=True)
             assert ours.config.frozen_bn_eps == 0.0 and ours.config.image_max_dim == tv.transform.max_size
             images = photos(size, max(args.batches))
             timers = {"torchvision": Timer(tv.backbone, device), "ours": Timer(ours.model.backbone, device),
-                      "ours-fast@0.5": Timer(fast.model.backbone, device)}
+                      **{name: Timer(f.model.backbone, device) for name, f in fasts.items()}}
             timers["ours@0.5"] = timers["ours"]  # same module: one hook, taken after each run
             for batch_size in args.batches:
                 batch = images[:batch_size]
@@ -179,12 +193,14 @@ def main(argv: list[str] | None = None) -> int:
                 del padded
                 flops = {"ours": count_flops(ours.model.backbone, shape), "torchvision": count_flops(tv.backbone, shape)}
                 flops["ours@0.5"] = flops["ours"]
-                flops["ours-fast@0.5"] = count_flops(fast.model.backbone, shape)
+                for name, f in fasts.items():
+                    flops[name] = count_flops(f.model.backbone, shape)
                 runs = {
                     "torchvision": lambda b=batch: tv(to_tensors(b, device)),
                     "ours": lambda b=batch, n=batch_size: ours.detect(b, batch_size=n),
                     "ours@0.5": lambda b=batch, n=batch_size: ours.detect(b, batch_size=n, score_threshold=SCORE),
-                    "ours-fast@0.5": lambda b=batch, n=batch_size: fast.detect(b, batch_size=n, score_threshold=SCORE),
+                    **{name: (lambda b=batch, n=batch_size, f=f: f.detect(b, batch_size=n, score_threshold=SCORE))
+                       for name, f in fasts.items()},
                 }
                 with torch.no_grad():
                     for name, fn in runs.items():
@@ -209,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                                 first[name] = out
                             del out
                 check = compare(first["torchvision"], first["ours"])
-                check["fast_vs_exact"] = compare_fast(first["ours"], first["ours-fast@0.5"])
+                check["fast_vs_exact"] = {name: compare_fast(first["ours"], first[name]) for name in fasts}
                 del first
                 check.update(size=size, batch=batch_size)
                 checks.append(check)
@@ -234,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{check['fast_vs_exact']}", file=sys.stderr, flush=True)
             for t in {id(t): t for t in timers.values()}.values():
                 t.remove()
-            del ours, fast
+            del ours, fasts
 
     columns = [("size", "short side", "d"), ("batch", "batch", "d"), ("model", "model", "s"), ("input", "net input", "s"),
                ("latency_s", "median s", ".3f"), ("images_per_s", "img/s", ".2f"), ("peak_mem_mb", "peak MB", ".0f"),
@@ -243,15 +259,16 @@ def main(argv: list[str] | None = None) -> int:
                ("dense_gflops_per_s", "dense GFLOP/s", ".1f"), ("dense_pct_of_peak", "% of peak", ".0f")]
     print(f"device {device}, {args.threads} threads, fp32 matmul peak {peak_gflops:.1f} GFLOP/s, memory: {memory.method}, "
           f"repeats {args.repeats} (+{args.warmup} warm-up)")
+    print(cpu_line())
     print(format_table(rows, columns))
     all_equal = all(c["equal"] for c in checks)
     for c in checks:
         print(f"outputs size {c['size']} batch {c['batch']}: {c['detections']} detections, labels equal "
               f"{c['labels_equal']}, max box diff {c['max_box_diff']:.2e}, mask pixels differing "
               f"{c['mask_pixels_differing']} -> {'EQUAL' if c['equal'] else 'DIFFERENT'}")
-        f = c["fast_vs_exact"]
-        print(f"  fast vs exact, detections with score >= {SCORE}: {f['exact']} exact, {f['fast']} fast, "
-              f"{f['matched']} matched, mean box IoU {f['mean_box_iou']:.4f}, mean mask IoU {f['mean_mask_iou']:.4f}")
+        for name, f in c["fast_vs_exact"].items():
+            print(f"  {name} vs exact, detections with score >= {SCORE}: {f['exact']} exact, {f['fast']} fast, "
+                  f"{f['matched']} matched, mean box IoU {f['mean_box_iou']:.4f}, mean mask IoU {f['mean_mask_iou']:.4f}")
     result = {"benchmark": "infer", "machine": machine_info(device, args.threads), "matmul_peak_gflops": peak_gflops,
               "memory_method": memory.method, "repeats": args.repeats, "warmup": args.warmup, "quick": args.quick,
               "rows": rows, "checks": checks, "outputs_equal": all_equal}

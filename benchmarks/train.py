@@ -6,8 +6,12 @@ Each configuration runs in its own child process so that its peak RSS is its own
 
 Checks that the five losses agree to 1e-4 for the same weights and the same sampled anchors/RoIs
 (same RNG state), then times forward + backward + SGD step (median of ``--steps`` after one warm-up).
+``ours+bf16`` (bf16 autocast + channels-last, ``amp: auto`` on hardware with native bf16) has
+losses within bf16 rounding of fp32's, plus whatever a proposal whose rounded objectness changes
+rank does to the sampled RoIs (the head terms can move by several percent on random weights).
+The header names the CPU and its flags: on a CPU without native bf16 the bf16 row is emulated.
 
-    python benchmarks/train.py [--threads 2] [--steps 3] [--size 800] [--json out.json]
+    python benchmarks/train.py [--threads 2] [--steps 3] [--size 800] [--variants ...] [--json out.json]
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -23,7 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("torchvision", "ours", "ours+checkpointing")
+#: ``ours+bf16``: bf16 autocast with channels-last weights and activations (what ``amp: auto`` does on
+#: a CPU with native bf16, AVX512-BF16 or AMX, and on CUDA); emulated, and slow, on other CPUs.
+VARIANTS = ("torchvision", "ours", "ours+checkpointing", "ours+bf16")
 
 
 def _scene(size: int):
@@ -66,7 +71,10 @@ def child(variant: str, size: int, steps: int, threads: int, weights: str, out: 
     from torchvision.models.detection.mask_rcnn import MaskRCNN
     from torchvision.ops.misc import FrozenBatchNorm2d
 
+    from maskrcnn.engine.runtime import autocast
+
     sd = torch.load(weights, weights_only=True)
+    amp_dtype = None
     if variant == "torchvision":
         model = MaskRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91,
                          min_size=size, max_size=10_000)
@@ -76,12 +84,16 @@ def child(variant: str, size: int, steps: int, threads: int, weights: str, out: 
     else:
         from maskrcnn import Config
         from maskrcnn.engine.optim import select_trainable
+        from maskrcnn.engine.runtime import resolve_amp, use_channels_last
         from maskrcnn.modeling import build_model
 
-        cfg = Config(frozen_bn_eps=1e-5, layers="3+", gradient_checkpointing=variant.endswith("checkpointing"))
+        cfg = Config(frozen_bn_eps=1e-5, layers="3+", gradient_checkpointing=variant.endswith("checkpointing"),
+                     amp="bf16" if variant.endswith("bf16") else "none")
+        amp_dtype = resolve_amp(cfg.amp, torch.device("cpu"))[0]
         model = build_model(cfg)
         model.load_state_dict(sd)
         select_trainable(model, cfg)
+        use_channels_last(model, amp_dtype)  # as the trainer does
         names = None
     model.train()
     imgs, targets = _scene(size)
@@ -95,7 +107,8 @@ def child(variant: str, size: int, steps: int, threads: int, weights: str, out: 
             for _ in imgs:  # torchvision's training resize draws one number per image first
                 torch.empty(1).uniform_(0.0, 1.0)
         t0 = time.perf_counter()
-        loss_dict = model(imgs, [dict(t) for t in targets])
+        with autocast(torch.device("cpu"), amp_dtype):
+            loss_dict = model(imgs, [dict(t) for t in targets])
         loss = sum(loss_dict.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -116,6 +129,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--size", type=int, default=800)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                    help="variants to run (torchvision is always run: the ratios are to it)")
     ap.add_argument("--json")
     ap.add_argument("--child", nargs=3, metavar=("VARIANT", "WEIGHTS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -133,7 +148,7 @@ def main() -> None:
     ref = MaskRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91)
     torch.save(ref.state_dict(), tmp / "w.pth")
     rows = {}
-    for v in VARIANTS:
+    for v in ["torchvision"] + [v for v in args.variants if v != "torchvision"]:
         out = tmp / f"{v}.json"
         subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--steps", str(args.steps),
                         "--size", str(args.size), "--child", v, str(tmp / "w.pth"), str(out)], check=True)
@@ -141,9 +156,13 @@ def main() -> None:
     tv = rows["torchvision"]
     tv_med = sorted(tv["times"])[len(tv["times"]) // 2]
     tv_mem = tv["peak_rss_mib"] - tv["base_rss_mib"]
-    print(f"\ntraining step, R50-FPN v1, batch 2, {args.size} px, {args.threads} threads, {platform.processor() or platform.machine()}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import cpu_info, cpu_line
+
+    print(f"\ntraining step, R50-FPN v1, batch 2, {args.size} px, {args.threads} threads")
+    print(cpu_line())
     print(f"{'variant':22s} {'median s/step':>14s} {'ratio':>7s} {'peak RSS MiB':>13s} {'ratio':>7s}  max |loss diff| vs torchvision")
-    result = {"size": args.size, "threads": args.threads, "steps": args.steps, "variants": {}}
+    result = {"size": args.size, "threads": args.threads, "steps": args.steps, "machine": cpu_info(), "variants": {}}
     for v, r in rows.items():
         med = sorted(r["times"])[len(r["times"]) // 2]
         mem = r["peak_rss_mib"] - r["base_rss_mib"]

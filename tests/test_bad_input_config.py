@@ -102,6 +102,7 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"max_train_minutes": -5}, "max_train_minutes", "> 0"),
     ({"grad_accumulation": 0}, "grad_accumulation", ">= 1"),
     ({"amp": "fp8"}, "amp", "'bf16'"),
+    ({"fast_dtype": "int8"}, "fast_dtype", "'fp32'"),
     ({"loss_weights": {"rpn_class": 1.0}}, "loss_weights", "exactly"),
     ({"loss_weights": ZERO_LOSS}, "loss_weights", "at least one positive"),
     ({"class_loss_weights": [1.0, -1.0]}, "class_loss_weights[1]", ">= 0"),

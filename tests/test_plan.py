@@ -40,7 +40,7 @@ from maskrcnn.planning.measure import synthetic_batches
 
 TINY = dict(backbone="resnet18", backbone_width=16, fpn_channels=32, num_classes=4, image_min_dim=320, image_max_dim=448,
             box_head_dim=64, mask_head_channels=32, mask_head_convs=2, train_rois_per_image=128, max_gt_instances=40,
-            images_per_gpu=2, num_workers=0, seed=0)
+            images_per_gpu=2, num_workers=0, seed=0, amp="none")  # fp32 base: amp is one of the levers
 _MEASURED: dict[str, Measurement] = {}
 _real_measure_peak = measure_peak
 

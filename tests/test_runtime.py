@@ -55,6 +55,7 @@ def test_cuda_without_a_gpu_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None
 ])
 def test_cpu_has_fast_bf16_reads_capability_and_flags(monkeypatch: pytest.MonkeyPatch, machine: str,
                                                       capability: str, flags: str, expected: bool) -> None:
+    monkeypatch.delenv(runtime.CPU_BF16_ENV)  # the suite's override (conftest): here the detection itself
     monkeypatch.setattr(runtime.platform, "machine", lambda: machine)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: f"processor : 0\nflags : {flags}\n")
@@ -65,7 +66,46 @@ def test_cpu_has_fast_bf16_is_false_when_unknown(monkeypatch: pytest.MonkeyPatch
     def unreadable(self: Path, *a: object, **k: object) -> str:
         raise PermissionError(13, "Permission denied", str(self))
 
+    monkeypatch.delenv(runtime.CPU_BF16_ENV)
     monkeypatch.setattr(runtime.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     monkeypatch.setattr(Path, "read_text", unreadable)
     assert runtime.cpu_has_fast_bf16() is False
+    monkeypatch.setenv(runtime.CPU_BF16_ENV, "1")  # the user says yes
+    assert runtime.cpu_has_fast_bf16() is True
+
+
+@pytest.mark.parametrize("capability,flags,native", [
+    ("AVX2", "fpu avx2 fma", False),                      # AMD/Intel AVX2 only: bf16 would be emulated
+    ("AVX512", "fpu avx2 avx512f avx512bw", False),       # AVX-512 without bf16 instructions
+    ("AVX512", "fpu avx2 avx512f avx512_bf16", True),     # AVX512-BF16 (Cooper Lake, Zen 4)
+    ("AVX512", "fpu avx2 avx512f amx_bf16 amx_tile", True),  # AMX (Sapphire Rapids and later)
+])
+def test_amp_auto_and_fast_mode_follow_the_cpu(monkeypatch: pytest.MonkeyPatch, capability: str, flags: str,
+                                               native: bool) -> None:
+    monkeypatch.delenv(runtime.CPU_BF16_ENV)
+    monkeypatch.setattr(runtime.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: f"processor : 0\nflags : {flags}\n")
+    cpu = torch.device("cpu")
+    expected = torch.bfloat16 if native else None
+    assert runtime.resolve_amp("auto", cpu) == (expected, False)
+    assert runtime.resolve_fast_dtype("auto", cpu) is expected
+    # explicit choices do not depend on the CPU: bf16 is honoured (emulated where not native)
+    assert runtime.resolve_amp("bf16", cpu) == (torch.bfloat16, False) and runtime.resolve_amp("none", cpu) == (None, False)
+    assert runtime.resolve_fast_dtype("bf16", cpu) is torch.bfloat16 and runtime.resolve_fast_dtype("fp32", cpu) is None
+    monkeypatch.setenv(runtime.CPU_BF16_ENV, "0")  # the user's override wins over the detection
+    assert runtime.resolve_amp("auto", cpu) == (None, False)
+
+
+@pytest.mark.parametrize("bf16_supported,amp,fast", [(True, (torch.bfloat16, False), torch.bfloat16),
+                                                     (False, (torch.float16, True), torch.float16)])
+def test_amp_auto_and_fast_mode_on_cuda(monkeypatch: pytest.MonkeyPatch, bf16_supported: bool,
+                                        amp: tuple, fast: torch.dtype) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_supported)
+    cuda = torch.device("cuda")
+    assert runtime.resolve_amp("auto", cuda) == amp and runtime.resolve_fast_dtype("auto", cuda) is fast
+    assert runtime.resolve_amp("fp16", cuda) == (torch.float16, True) and runtime.resolve_fast_dtype("fp32", cuda) is None
+    if not bf16_supported:
+        with pytest.raises(ConfigError, match=r"^fast_dtype=bf16: this GPU has no bfloat16 support; use fast_dtype=fp16"):
+            runtime.resolve_fast_dtype("bf16", cuda)

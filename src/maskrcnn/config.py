@@ -155,7 +155,8 @@ class Config(BaseModel):
     detection_nms_threshold: float = _f(0.5, "Per-class NMS IoU threshold of detections.", "IoU", gt=0, le=1)
     detection_max_instances: int = _f(100, "Most detections returned per image.", "detections", ge=1)
     mask_threshold: float = _f(0.5, "Mask probability at or above which a pixel belongs to the instance.", "probability", ge=0, le=1)
-    fast: bool = _f(False, "Fast inference: BatchNorm folded into convs, bf16 where safe, channels-last (outputs no longer bit-exact).")
+    fast: bool = _f(False, "Fast inference (detect --fast, maskrcnn.load(fast=True)): BatchNorm folded into the convs and channels-last (NHWC) weights; the convs and linear layers (backbone, FPN, RPN and box/mask heads) run under autocast in fast_dtype: bf16 on a CPU with native bf16 (AVX512-BF16, AMX, ARM BF16) and on CUDA (fp16 on GPUs without bf16), fp32 on other CPUs (e.g. AVX2 only). Box decoding, NMS, RoIAlign coordinates, score thresholds and mask pasting stay fp32. Outputs are close to, not bit-equal with, exact mode.")
+    fast_dtype: Literal["auto", "bf16", "fp16", "fp32"] = _f("auto", "Precision of fast mode's dense layers: auto (bf16 where the CPU or GPU has it natively, fp16 on GPUs without bf16, else fp32), bf16 (on any CPU: emulated where not native, slow but correct), fp16 (CUDA only), fp32.")
 
     # ---------------------------------------------------------------- ground truth
     max_gt_instances: int = _f(100, "Most GT instances per training image; more are randomly dropped.", "instances", ge=1)
@@ -180,7 +181,7 @@ class Config(BaseModel):
     gradient_clip_norm: float | None = _f(5.0, "Global gradient norm clip (Matterport GRADIENT_CLIP_NORM); None disables.", gt=0)
     max_train_minutes: float | None = _f(None, "Wall-clock training budget: the schedule is fitted to the steps that fit and training ends when it is spent; None: all epochs.", "min", gt=0, example=30)
     grad_accumulation: int = _f(1, "Steps whose gradients are summed before an optimizer step.", "steps", ge=1)
-    amp: Literal["none", "bf16", "fp16", "auto"] = _f("none", "Mixed precision: bf16 autocast (CPU or CUDA), fp16 with a grad scaler (CUDA), auto picks.")
+    amp: Literal["none", "bf16", "fp16", "auto"] = _f("auto", "Mixed precision of training: auto = bf16 autocast with channels-last on a CPU with native bf16 (AVX512-BF16, AMX, ARM BF16) and on CUDA (fp16 with a grad scaler on GPUs without bf16), fp32 elsewhere (e.g. AVX2-only CPUs); bf16 (any CPU, emulated where not native) or fp16 (CUDA) forces it; none: fp32. Losses, RoIAlign and box coding stay fp32.")
     loss_weights: dict[str, _NonNegative] = _f(
         {"rpn_class": 1.0, "rpn_bbox": 1.0, "mrcnn_class": 1.0, "mrcnn_bbox": 1.0, "mrcnn_mask": 1.0},
         "Weight of each loss term (Matterport LOSS_WEIGHTS); each head applies its own, and the model returns loss_<term>.",

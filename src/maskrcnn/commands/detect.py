@@ -41,7 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--config", help="config YAML (default: the checkpoint's)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--batch-size", type=positive_int, default=2, help="images per forward pass (only images of one size are batched)")
-    p.add_argument("--fast", action="store_true", help="fast mode (BN folded, bf16 where safe)")
+    p.add_argument("--fast", action="store_true", help="fast mode: BatchNorm folded, channels-last, bf16 where the CPU "
+                   "(AVX512-BF16/AMX) or GPU has it, fp32 elsewhere; close to, not equal with, exact mode (Config.fast)")
     p.add_argument("--no-overlays", action="store_true", help="write only the JSON")
     p.add_argument("--tile", type=positive_int, metavar="PX", help="detect on overlapping PX x PX tiles and merge instances "
                    "across borders (images larger than the model input; no overlays)")
@@ -96,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     paths = check_inputs(args.inputs)
     out = ensure_output_dir(args.out)
     predictor = load(args.weights, config=args.config, device=args.device, fast=args.fast or None)
+    if predictor.config.fast:
+        print(f"mode: {predictor.mode}", file=sys.stderr)
     skips = _Skips()
     if args.jsonl:
         from ..inference.streaming import detect_to_jsonl

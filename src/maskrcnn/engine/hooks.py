@@ -254,7 +254,8 @@ def _print_summary(t: "Trainer") -> None:
         return
     total_batch = c.images_per_gpu * d.world_size * c.grad_accumulation
     n_params = sum(p.numel() for p in t.params)
-    amp = "none" if t.amp_dtype is None else str(t.amp_dtype).replace("torch.", "")
+    amp = "fp32" if t.amp_dtype is None else str(t.amp_dtype).replace("torch.", "") + " autocast, channels-last"
+    amp += f" (amp={c.amp})"
     lines = [
         f"run: {t.run_dir}",
         f"device: {t.device} x {d.world_size} process(es), amp: {amp}, total batch {total_batch} "

@@ -4,9 +4,11 @@ A step takes the loader batches of one optimizer step (``grad_accumulation`` of 
 
 1. for every batch (each split into micro-batches of at most ``images_per_pass`` images once an
    out-of-memory error has been survived, :mod:`.oom`): the forward pass under autocast
-   (``Config.amp``), the sum of the model's loss dict, the non-finite check (:mod:`.guard`) and
-   the backward pass of ``sum * scale / len(batches) * share`` (gradient accumulation; ``share``
-   is the micro-batch's share of its batch's images, so the gradient is the whole batch's);
+   (``Config.amp`` resolved by :func:`.runtime.resolve_amp`; the dense layers in bf16/fp16, the
+   heads' outputs cast back to fp32 before the losses, see :func:`.runtime.autocast`), the sum
+   of the model's loss dict, the non-finite check (:mod:`.guard`) and the backward pass of
+   ``sum * scale / len(batches) * share`` (gradient accumulation; ``share`` is the micro-batch's
+   share of its batch's images, so the gradient is the whole batch's);
 2. unscale (fp16 grad scaler), clip the global gradient norm (``Config.gradient_clip_norm``),
    the optimizer step and the scaler update.
 
@@ -35,6 +37,7 @@ from . import distributed as du
 from .guard import check_losses
 from .loader import move_to_device
 from .oom import MicroBatchSplit, run_with_oom_fallback, split_batch
+from .runtime import autocast
 
 __all__ = ["StepOutput", "TrainStep", "LossCheck", "loss_terms", "sum_losses", "TOTAL"]
 
@@ -90,7 +93,8 @@ class TrainStep:
         optimizer: its optimizer (SGD / AdamW of :mod:`.optim`).
         device: where the passes run (batches are moved there pass by pass).
         params: the trainable parameters (default: those of ``optimizer``) whose norm is clipped.
-        amp_dtype: autocast dtype, or None (fp32).
+        amp_dtype: autocast dtype, or None (fp32). The caller converts the model to channels-last
+            for it (:func:`.runtime.use_channels_last`) before wrapping it in DDP.
         scaler: the grad scaler (fp16); None or disabled: plain backward.
         clip_norm: maximum global gradient norm (None: measured, not clipped).
         oom_split: the run's :class:`MicroBatchSplit`: out-of-memory errors split the passes and
@@ -153,11 +157,6 @@ class TrainStep:
         losses = {k: float(sums[i]) / n for i, k in enumerate(keys)}
         return StepOutput(losses=losses, grad_norm=grad_norm, images=images, lr=lr, stop=stop)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
     def _passes(self, batches: Sequence[tuple[Batch, float] | None],
                 size: int | None) -> tuple[torch.Tensor, list[str], int, bool]:
         """Zero the gradients, then forward and backward every batch in passes of at most ``size``
@@ -178,7 +177,7 @@ class TrainStep:
                 batch_sum = None
                 for part_images, part_targets, share in split_batch(batch.images, batch.targets, size):
                     part = move_to_device(Batch(part_images, part_targets, batch.skipped), self.device)
-                    with self._autocast():
+                    with autocast(self.device, self.amp_dtype):
                         terms = loss_terms(self.model(part.images, part.targets))
                     total = sum_losses(terms)
                     keys = list(terms) + [TOTAL]

@@ -46,7 +46,7 @@ from .logging import RunLogger
 from .oom import MicroBatchSplit
 from .optim import build_optimizer, select_trainable, set_train_mode
 from .rundir import new_run_dir, resolve_resume
-from .runtime import determinism, resolve_amp, seed_everything
+from .runtime import determinism, resolve_amp, seed_everything, use_channels_last
 from .samplers import TrainingSampler, repeat_factors
 from .schedule import build_scheduler
 from .step import StepOutput, TrainStep
@@ -159,7 +159,10 @@ class Trainer:
         try:
             with determinism(self.config.deterministic):
                 self._setup()
-                return self._run()
+                result = self._run()
+                if self.amp_dtype is not None:  # channels-last was for the autocast run; detection gets NCHW back
+                    self.module.to(memory_format=torch.contiguous_format)
+                return result
         finally:
             if hasattr(self, "log"):
                 self.log.close()
@@ -197,7 +200,7 @@ class Trainer:
         self.trainable = select_trainable(model, c)
         if c.sync_bn and c.train_bn:
             model = du.convert_sync_bn(model, self.dist)
-        self.module: nn.Module = model.to(self.device)
+        self.module: nn.Module = use_channels_last(model.to(self.device), self.amp_dtype)  # before DDP
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.module, c, self.dist.world_size)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)

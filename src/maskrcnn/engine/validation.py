@@ -8,7 +8,6 @@ step sums them (:func:`.step.loss_terms`, :func:`.step.sum_losses`) and averaged
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -19,6 +18,7 @@ from torch import nn
 from . import distributed as du
 from .loader import move_to_device, unpack_batch
 from .optim import set_train_mode
+from .runtime import autocast
 from .step import TOTAL, loss_terms, sum_losses
 
 __all__ = ["validation_losses", "better_result"]
@@ -34,7 +34,6 @@ def validation_losses(module: nn.Module, loader: Iterable, device: torch.device,
     devices = [device.index if device.index is not None else 0] if device.type == "cuda" else []
     sums: dict[str, torch.Tensor] = {}
     count = torch.zeros(1, device=device)
-    autocast = (lambda: torch.autocast(device_type=device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     with torch.no_grad(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for raw in loader:
@@ -42,7 +41,7 @@ def validation_losses(module: nn.Module, loader: Iterable, device: torch.device,
             if not batch.images:
                 continue
             batch = move_to_device(batch, device)
-            with autocast():
+            with autocast(device, amp_dtype):
                 terms = loss_terms(module(batch.images, batch.targets))
             n = len(batch.images)
             terms[TOTAL] = sum_losses(terms)

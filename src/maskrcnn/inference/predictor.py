@@ -42,7 +42,7 @@ def load(weights: str | os.PathLike | None = "coco", *, config: Config | str | o
         config: a :class:`Config` or YAML path; by default the checkpoint's own or the one implied by
             the state dict. Its class count must match the weights' (a one-line error otherwise).
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
-        fast: fast inference mode (see ``Config.fast``).
+        fast: fast inference mode (see ``Config.fast``; ``fast_dtype="bf16"`` in ``overrides`` forces bf16).
         frozen_bn_eps: override the frozen-BatchNorm eps convention (torchvision v1 files use 0).
         overrides: config fields to change, e.g. ``detection_min_confidence=0.5``.
     """
@@ -101,19 +101,22 @@ class Predictor:
     ``crop`` is refused with a :class:`~maskrcnn.config.ConfigError`).
     """
 
+    #: autocast dtype of the dense layers in fast mode (None: fp32; see ``Config.fast``)
+    fast_dtype: torch.dtype | None = None
+
     def __init__(self, model: MaskRCNN, device: str | torch.device = "cpu", *, resize_mode: str | None = None) -> None:
         from ..engine.runtime import resolve_device
         from ..modeling.transform import InputTransform, check_inference_mode
 
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        self.fast_dtype = None
         if model.config.fast:
-            import copy
+            from ..engine.runtime import resolve_fast_dtype
+            from ..modeling.fuse import fast_copy
 
-            from ..modeling.fuse import fold_batchnorm
-
-            self.model = copy.deepcopy(self.model)
-            fold_batchnorm(self.model)
+            self.fast_dtype = resolve_fast_dtype(model.config.fast_dtype, self.device)
+            self.model = fast_copy(self.model)
         if resize_mode is not None:
             check_inference_mode(resize_mode)
         self.config: Config = (model.config if resize_mode is None
@@ -122,6 +125,14 @@ class Predictor:
                           else InputTransform(self.config).to(self.device))
         self.class_names = class_names_of(self.config)
         self._warned: set[str] = set()
+
+    @property
+    def mode(self) -> str:
+        """What this predictor runs, in words (e.g. for a log line)."""
+        if not self.config.fast:
+            return "exact (fp32)"
+        dtype = "fp32" if self.fast_dtype is None else str(self.fast_dtype).replace("torch.", "")
+        return f"fast ({self.device.type}: BatchNorm folded, channels-last, dense layers in {dtype})"
 
     # ------------------------------------------------------------------ input conversion
     def _warn_once(self, key: str, msg: str) -> None:
@@ -240,8 +251,11 @@ class Predictor:
         """The model's raw detections of float ``[C, H, W]`` images in [0, 1] (see ``MaskRCNN.detect``):
         per image ``boxes`` (original pixels), ``labels``, ``scores``, ``mask_probs [N, M, M]``.
         The one step a runtime predictor replaces (:class:`maskrcnn.export.runtime.OnnxPredictor`)."""
+        from ..engine.runtime import autocast
+
         tensors = [t.to(self.device) for t in images]
-        return self.model.detect(tensors, score_threshold=score_threshold, transform=self.transform)
+        with autocast(self.device, self.fast_dtype):  # fast mode: dense layers in bf16/fp16, heads' outputs fp32
+            return self.model.detect(tensors, score_threshold=score_threshold, transform=self.transform)
 
     def _run(self, batch: list[tuple[np.ndarray, str | None]], score_threshold: float | None,
              mask_threshold: float | None) -> list[Detections]:

@@ -1,18 +1,26 @@
-"""Fast-mode graph changes: fold BatchNorm (frozen or eval) into the preceding convolution.
+"""Fast-mode graph changes (``Config.fast``): fold BatchNorm into the preceding convolution, channels-last.
 
 ``conv(x) * scale + bias == conv'(x)`` with ``W' = W * scale`` and ``b' = b * scale + bias``; the
 results differ from the unfolded network only by float rounding (about 1e-6 relative), and one
-full pass over every activation is saved.
+full pass over every activation is saved. Channels-last (NHWC) weights make every convolution
+produce NHWC activations, the layout oneDNN's bf16 kernels (AMX, AVX512-BF16) and cuDNN's tensor
+cores want. The precision is not changed here: the predictor runs the copy under autocast
+(:func:`maskrcnn.engine.runtime.autocast` with :func:`~maskrcnn.engine.runtime.resolve_fast_dtype`).
 """
 
 from __future__ import annotations
+
+import copy
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from .layers import FrozenBatchNorm2d
 
-__all__ = ["fold_batchnorm"]
+__all__ = ["fold_batchnorm", "fast_copy"]
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def _scale_bias(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,3 +71,14 @@ def fold_batchnorm(model: nn.Module) -> int:
                     module._modules[bn_name] = nn.Identity()
                     count += 1
     return count
+
+
+def fast_copy(model: M, channels_last: bool = True) -> M:
+    """A copy of ``model`` for fast inference: eval mode, every ``conv -> BN`` pair folded
+    (:func:`fold_batchnorm`) and, with ``channels_last``, every 4-d weight in NHWC layout.
+    ``model`` itself is left untouched (its weights can still be trained or saved)."""
+    fast = copy.deepcopy(model).eval()
+    fold_batchnorm(fast)
+    if channels_last:
+        fast.to(memory_format=torch.channels_last)
+    return fast

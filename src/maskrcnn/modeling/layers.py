@@ -34,15 +34,17 @@ class FrozenBatchNorm2d(nn.Module):
         return scale, self.bias - self.running_mean * scale
 
     def forward(self, x: Tensor) -> Tensor:
-        if not x.requires_grad and x.is_contiguous():
+        if not x.requires_grad and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             # no autograd graph (inference, or a frozen stage in training): the same arithmetic, in place
-            # on the conv output it always follows, so no second full-size buffer is allocated
+            # on the conv output it always follows, so no second full-size buffer is allocated (and a
+            # bf16/fp16 activation under autocast stays in its dtype)
             scale, bias = self.scale_and_bias()
             return x.mul_(scale.reshape(1, -1, 1, 1)).add_(bias.reshape(1, -1, 1, 1))
         if torch.is_grad_enabled():
-            # training: one fused op (one output buffer instead of two)
+            # training: one fused op (one output buffer instead of two); under autocast the activation
+            # keeps its bf16/fp16 dtype (the cast is a no-op in fp32)
             scale, bias = self.scale_and_bias()
-            return torch.addcmul(bias.reshape(1, -1, 1, 1), x, scale.reshape(1, -1, 1, 1))
+            return torch.addcmul(bias.reshape(1, -1, 1, 1).to(x.dtype), x, scale.reshape(1, -1, 1, 1).to(x.dtype))
         w = self.weight.reshape(1, -1, 1, 1)
         b = self.bias.reshape(1, -1, 1, 1)
         rv = self.running_var.reshape(1, -1, 1, 1)

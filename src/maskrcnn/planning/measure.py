@@ -355,7 +355,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from ..engine.optim import build_optimizer, select_trainable, set_train_mode
-    from ..engine.runtime import resolve_amp
+    from ..engine.runtime import resolve_amp, use_channels_last
     from ..engine.step import TrainStep
     from ..modeling import build_model
 
@@ -380,7 +380,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     amp_dtype, use_scaler = resolve_amp(config.amp, device)
     model = build_model(config)
     select_trainable(model, config)
-    model.to(device)
+    use_channels_last(model.to(device), amp_dtype)  # as the trainer does
     set_train_mode(model, config.train_bn)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(model, config)
