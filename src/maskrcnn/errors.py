@@ -20,13 +20,14 @@ class WeightsError(MaskRCNNError, ValueError):
     """A checkpoint cannot be loaded into the configured model."""
 
 
-def first_line(exc: BaseException, default: str | None = None) -> str:
+def first_line(exc: BaseException, default: str | None = None, limit: int | None = None) -> str:
     """An exception's message in one line: the first non-blank line of ``str(exc)``, stripped;
-    ``default`` when there is none (None: the exception's type name)."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__ if default is None else default
+    ``default`` when there is none (None: the exception's type name). With ``limit``, a longer line
+    is cut to ``limit`` characters ending in ``...``."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), None)
+    if text is None:
+        text = type(exc).__name__ if default is None else default
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------- OS errors about user paths
