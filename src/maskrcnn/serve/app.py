@@ -32,7 +32,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any, AsyncIterator, Literal
+from typing import Annotated, Any, AsyncIterator, Callable, Literal
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -233,7 +233,19 @@ def create_app(predictor: Any, settings: ServeSettings) -> FastAPI:
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.predictor = predictor
-    key = settings.api_key.encode() if settings.api_key else None
+    check_key = _key_check(settings.api_key)
+    _add_error_handlers(app)
+    _add_request_metrics(app, metrics)
+    _add_detect_route(app, predictor, batcher, settings, check_key)
+    _add_status_routes(app, predictor, batcher, metrics, settings, check_key)
+    _add_page(app)
+    return app
+
+
+def _key_check(api_key: str | None) -> Callable[[Request], None]:
+    """A check that raises a 401 :class:`ApiError` unless the request carries ``api_key`` (in
+    ``X-API-Key`` or ``Authorization: Bearer``); it lets everything through without a key."""
+    key = api_key.encode() if api_key else None
 
     def check_key(request: Request) -> None:
         if key is None:
@@ -246,7 +258,12 @@ def create_app(predictor: Any, settings: ServeSettings) -> FastAPI:
             raise ApiError(401, "missing or wrong API key; send it in the X-API-Key header "
                                 "(or Authorization: Bearer KEY)", {"WWW-Authenticate": "Bearer"})
 
-    # ------------------------------------------------------------------ errors
+    return check_key
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"error": "<one line>"}``: ours, bad query values, unknown routes, the unexpected."""
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.message, exc.headers)
@@ -278,6 +295,10 @@ def create_app(predictor: Any, settings: ServeSettings) -> FastAPI:
         log.exception("unexpected error")
         return _error(500, f"internal error ({type(exc).__name__}); see the server log")
 
+
+def _add_request_metrics(app: FastAPI, metrics: ServeMetrics) -> None:
+    """Count every request and its latency by route (unknown paths as ``other``) and status."""
+
     @app.middleware("http")
     async def _observe(request: Request, call_next: Any) -> Response:
         start = time.perf_counter()
@@ -291,7 +312,11 @@ def create_app(predictor: Any, settings: ServeSettings) -> FastAPI:
         finally:
             metrics.observe_request(route, status, time.perf_counter() - start)
 
-    # ------------------------------------------------------------------ endpoints
+
+def _add_detect_route(app: FastAPI, predictor: Any, batcher: Batcher[np.ndarray, Any], settings: ServeSettings,
+                      check_key: Callable[[Request], None]) -> None:
+    """``POST /v1/detect``: read and decode the image on the thread pool, detect on the batcher, encode."""
+
     def prepare(data: bytes, name: str) -> tuple[np.ndarray, tuple[int, ...]]:
         from ..data.images import decode_image
 
@@ -322,6 +347,11 @@ def create_app(predictor: Any, settings: ServeSettings) -> FastAPI:
         det = _select(det, score, max_detections)
         return await run_in_threadpool(_encode, det, image, format, image_id)
 
+
+def _add_status_routes(app: FastAPI, predictor: Any, batcher: Batcher[np.ndarray, Any], metrics: ServeMetrics,
+                       settings: ServeSettings, check_key: Callable[[Request], None]) -> None:
+    """``GET /v1/model``, ``/healthz``, ``/readyz`` and ``/metrics``."""
+
     @app.get("/v1/model", summary="The model: classes, config, backend")
     async def model_info(request: Request) -> dict[str, Any]:
         check_key(request)
@@ -331,7 +361,7 @@ def create_app(predictor: Any, settings: ServeSettings) -> FastAPI:
                 "fast": bool(getattr(config, "fast", False)), "weights": Path(str(settings.weights)).name,
                 "serving": {"max_batch": settings.max_batch, "batch_wait_ms": settings.batch_wait_ms,
                             "max_image_mb": settings.max_image_mb, "max_queue": settings.max_queue,
-                            "api_key": key is not None},
+                            "api_key": bool(settings.api_key)},
                 "config": config.model_dump(mode="json")}
 
     @app.get("/healthz", summary="The process answers")
@@ -350,12 +380,15 @@ def create_app(predictor: Any, settings: ServeSettings) -> FastAPI:
         metrics.queue_depth.set(batcher.waiting)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+
+def _add_page(app: FastAPI) -> None:
+    """``GET /``: the web page, and its files under ``/page``."""
+
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(PAGE_DIR / "index.html", media_type="text/html")
 
     app.mount("/page", StaticFiles(directory=PAGE_DIR), name="page")
-    return app
 
 
 def _version() -> str:
