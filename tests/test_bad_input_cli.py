@@ -208,3 +208,13 @@ def test_multi_line_user_errors_print_one_line(monkeypatch: pytest.MonkeyPatch) 
 def test_first_line_is_the_first_non_blank_line_or_the_default(exc: BaseException, default: str | None,
                                                                expected: str) -> None:
     assert first_line(exc, default) == expected
+
+
+@pytest.mark.parametrize("text,limit,expected", [
+    ("x" * 10, 10, "x" * 10),
+    ("x" * 11, 10, "x" * 7 + "..."),
+    ("  abc  \nmore", 3, "abc"),
+    ("x" * 500, None, "x" * 500),
+])
+def test_first_line_cuts_a_long_line_to_the_limit(text: str, limit: int | None, expected: str) -> None:
+    assert first_line(ValueError(text), limit=limit) == expected
