@@ -157,15 +157,15 @@ class Batcher(Generic[T, R]):
             live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
             try:
                 if live:
-                    start = time.perf_counter()
                     self._run(live)
-                    if self._on_batch is not None:
-                        self._on_batch(len(live), time.perf_counter() - start)
             finally:
                 with self._cond:
                     self._running = 0
 
     def _run(self, jobs: list[_Job[T]]) -> None:
+        """One model call on ``jobs``; the batch is counted (``on_batch``) before any request gets
+        its result, so a client never sees its answer before the metrics include its batch."""
+        start = time.perf_counter()
         try:
             results = list(self.run_batch([j.item for j in jobs]))
             if len(results) != len(jobs):
@@ -177,6 +177,8 @@ class Batcher(Generic[T, R]):
             for job in jobs:  # find the item that fails; the others still get their results
                 self._run([job])
             return
+        if self._on_batch is not None:
+            self._on_batch(len(jobs), time.perf_counter() - start)
         for job, result in zip(jobs, results):
             job.future.set_result(result)
 
