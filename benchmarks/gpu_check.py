@@ -8,7 +8,7 @@ which the shell script puts into its table; each also runs on the CPU for a dry 
   ``metrics.jsonl``); fails when a loss is not finite or no step ran.
 * ``oom --device D``: the out-of-memory fallback (``maskrcnn.engine.oom``). CUDA: one step of the
   shapes model with 1 image per pass is measured, the process is capped
-  (``torch.cuda.set_per_process_memory_fraction``) just above that peak, then a run with
+  (``torch.cuda.set_per_process_memory_fraction``) at 1.5x that peak reserve + 64 MiB, then a run with
   ``images_per_gpu=8`` must hit an out-of-memory error, split its passes and finish its steps with
   finite losses. CPU (dry run): the model's training forward raises ``torch.OutOfMemoryError``
   for passes of more than 2 images (no allocator cap exists there).
@@ -21,6 +21,7 @@ which the shell script puts into its table; each also runs on the CPU for a dry 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import sys
@@ -138,12 +139,13 @@ def cmd_oom(args: argparse.Namespace) -> int:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             run("one", 1, 2)
-            one = torch.cuda.max_memory_allocated(device)
+            one = torch.cuda.max_memory_reserved(device)  # the cap applies to the allocator's reserve
+            gc.collect()
             torch.cuda.empty_cache()
             total = torch.cuda.get_device_properties(device).total_memory
-            cap = one * 1.5  # room for passes of 1 image, not of 8
+            cap = one * 1.5 + 64 * 2**20  # room for passes of 1 image (and rounding), not of 8
             torch.cuda.set_per_process_memory_fraction(min(0.95, cap / total), device)
-            print(f"peak of a 1-image step {one / 2**20:.0f} MiB; capped at {cap / 2**20:.0f} MiB", file=sys.stderr)
+            print(f"peak reserve of a 1-image step {one / 2**20:.0f} MiB; capped at {cap / 2**20:.0f} MiB", file=sys.stderr)
         else:  # dry run: a forward of more than 2 images raises the allocator's error type
             from maskrcnn.modeling import MaskRCNN
 

@@ -10,7 +10,7 @@
 #   train-fp16 `maskrcnn train --config shapes_demo --data shapes:N --set amp=fp16` for a short
 #              time budget: steps/s and final loss (must be finite)
 #   train-bf16 the same with amp=bf16
-#   oom        the out-of-memory fallback: the process is capped just above a 1-image step's peak
+#   oom        the out-of-memory fallback: the process is capped at 1.5x a 1-image step's peak reserve
 #              (torch.cuda.set_per_process_memory_fraction), a batch of 8 must OOM, split into
 #              micro-batches and finish its steps (benchmarks/gpu_check.py oom)
 #   plan       `maskrcnn plan --config shapes_demo --device cuda` (2 steps per measurement)
