@@ -32,7 +32,7 @@ import torch
 
 __all__ = [
     "set_threads", "photos", "sync", "Timer", "PeakMemory", "matmul_peak_gflops", "count_flops", "median",
-    "machine_info", "cpu_info", "cpu_line", "format_table",
+    "machine_info", "cpu_info", "cpu_line", "format_table", "agreement",
 ]
 
 
@@ -277,3 +277,42 @@ def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def agreement(reference: list[Any], other: list[Any], score: float = 0.5) -> dict[str, Any]:
+    """How far ``other``'s detections agree with ``reference``'s (per image, ``Detections`` with numpy
+    ``boxes [N, 4]`` (x1, y1, x2, y2 pixels), ``class_ids [N]``, ``scores [N]``, bool ``masks [N, H, W]``),
+    both kept at ``scores >= score``: each reference detection is matched to the other's detection of
+    the same class with the highest box IoU (none when no same-class box overlaps). Returns the counts
+    (``reference``, ``other``, ``matched``) and the mean box and mask IoU over the reference's
+    detections, an unmatched one counting 0 (both 1.0 when the reference has none)."""
+    from torchvision.ops import box_iou
+
+    n_ref = n_other = matched = 0
+    box_ious: list[float] = []
+    mask_ious: list[float] = []
+    for e, f in zip(reference, other):
+        ke = e.scores >= score
+        kf = f.scores >= score
+        eb = torch.as_tensor(e.boxes[ke], dtype=torch.float32)
+        fb = torch.as_tensor(f.boxes[kf], dtype=torch.float32)
+        el, fl = e.class_ids[ke], f.class_ids[kf]
+        em, fm = e.masks[ke], f.masks[kf]
+        n_ref += len(eb)
+        n_other += len(fb)
+        iou = box_iou(eb, fb) if len(eb) and len(fb) else torch.zeros(len(eb), len(fb))
+        for i in range(len(eb)):
+            cand = torch.where(torch.as_tensor(fl == el[i]), iou[i], torch.zeros_like(iou[i]))
+            if len(fb) == 0 or cand.max() <= 0:
+                box_ious.append(0.0)
+                mask_ious.append(0.0)
+                continue
+            j = int(cand.argmax())
+            matched += 1
+            box_ious.append(float(cand[j]))
+            inter = np.logical_and(em[i], fm[j]).sum()
+            union = np.logical_or(em[i], fm[j]).sum()
+            mask_ious.append(float(inter / union) if union else 1.0)
+    return {"reference": n_ref, "other": n_other, "matched": matched,
+            "mean_box_iou": float(np.mean(box_ious)) if box_ious else 1.0,
+            "mean_mask_iou": float(np.mean(mask_ious)) if mask_ious else 1.0}

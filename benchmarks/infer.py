@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (PeakMemory, Timer, count_flops, cpu_line, format_table, machine_info, matmul_peak_gflops,  # noqa: E402
+from common import (PeakMemory, Timer, agreement, count_flops, cpu_line, format_table, machine_info, matmul_peak_gflops,  # noqa: E402
                     median, photos, set_threads, sync)
 
 
@@ -100,41 +100,6 @@ def fast_name(fast_dtype: str) -> str:
     """Row name of a fast-mode variant: ``ours-fast@0.5`` (auto: what ``fast=True`` does here), else
     ``ours-fast-<dtype>@0.5``."""
     return f"ours-fast@{SCORE}" if fast_dtype == "auto" else f"ours-fast-{fast_dtype}@{SCORE}"
-
-
-def compare_fast(exact: list[Any], fast: list[Any]) -> dict[str, Any]:
-    """Fast mode against exact mode above ``SCORE``: each exact detection matched to the fast one of the
-    same class with the highest box IoU; mean box and mask IoU over exact detections (unmatched count 0)."""
-    from torchvision.ops import box_iou
-
-    n_exact = n_fast = matched = 0
-    box_ious: list[float] = []
-    mask_ious: list[float] = []
-    for e, f in zip(exact, fast):
-        ke = e.scores >= SCORE
-        kf = f.scores >= SCORE
-        eb, fb = torch.as_tensor(e.boxes[ke]), torch.as_tensor(f.boxes[kf])
-        el, fl = e.class_ids[ke], f.class_ids[kf]
-        em, fm = e.masks[ke], f.masks[kf]
-        n_exact += len(eb)
-        n_fast += len(fb)
-        iou = box_iou(eb, fb) if len(eb) and len(fb) else torch.zeros(len(eb), len(fb))
-        for i in range(len(eb)):
-            same = torch.as_tensor(fl == el[i])
-            cand = torch.where(same, iou[i], torch.zeros_like(iou[i])) if len(fb) else iou[i]
-            if len(fb) == 0 or cand.max() <= 0:
-                box_ious.append(0.0)
-                mask_ious.append(0.0)
-                continue
-            j = int(cand.argmax())
-            matched += 1
-            box_ious.append(float(cand[j]))
-            inter = np.logical_and(em[i], fm[j]).sum()
-            union = np.logical_or(em[i], fm[j]).sum()
-            mask_ious.append(float(inter / union) if union else 1.0)
-    return {"exact": n_exact, "fast": n_fast, "matched": matched,
-            "mean_box_iou": float(np.mean(box_ious)) if box_ious else 1.0,
-            "mean_mask_iou": float(np.mean(mask_ious)) if mask_ious else 1.0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                                 first[name] = out
                             del out
                 check = compare(first["torchvision"], first["ours"])
-                check["fast_vs_exact"] = {name: compare_fast(first["ours"], first[name]) for name in fasts}
+                check["fast_vs_exact"] = {name: agreement(first["ours"], first[name], SCORE) for name in fasts}
                 del first
                 check.update(size=size, batch=batch_size)
                 checks.append(check)
@@ -267,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{c['labels_equal']}, max box diff {c['max_box_diff']:.2e}, mask pixels differing "
               f"{c['mask_pixels_differing']} -> {'EQUAL' if c['equal'] else 'DIFFERENT'}")
         for name, f in c["fast_vs_exact"].items():
-            print(f"  {name} vs exact, detections with score >= {SCORE}: {f['exact']} exact, {f['fast']} fast, "
+            print(f"  {name} vs exact, detections with score >= {SCORE}: {f['reference']} exact, {f['other']} fast, "
                   f"{f['matched']} matched, mean box IoU {f['mean_box_iou']:.4f}, mean mask IoU {f['mean_mask_iou']:.4f}")
     result = {"benchmark": "infer", "machine": machine_info(device, args.threads), "matmul_peak_gflops": peak_gflops,
               "memory_method": memory.method, "repeats": args.repeats, "warmup": args.warmup, "quick": args.quick,
