@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                     from infer import to_tensors
 
                     runs["torchvision"] = lambda b=batch: tv(to_tensors(b, device))
-                runs["exact"] = lambda b=batch, n=batch_size: base.detect(b, batch_size=n)
+                runs["exact"] = lambda b=batch, n=batch_size, p=base: p.detect(b, batch_size=n)
                 for name, p in variants.items():
                     runs[f"{name}@{SCORE}"] = (lambda b=batch, n=batch_size, p=p:
                                                p.detect(b, batch_size=n, score_threshold=SCORE))
