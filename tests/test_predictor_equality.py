@@ -89,8 +89,10 @@ def test_detections_equal_the_reference(reference, name):
         assert tuple(new[p + "size"]) == size
         labels = reference[p + "labels"]
         assert np.array_equal(new[p + "labels"], labels)
-        np.testing.assert_allclose(new[p + "boxes"], reference[p + "boxes"], atol=EPS, rtol=0)
-        np.testing.assert_allclose(new[p + "scores"], reference[p + "scores"], atol=1e-5, rtol=0)
+        # the reference was written on one CPU; another picks other fp32 kernels (summation order),
+        # so boxes and scores get a margin well above that rounding and far below any real change
+        np.testing.assert_allclose(new[p + "boxes"], reference[p + "boxes"], atol=10 * EPS, rtol=0)
+        np.testing.assert_allclose(new[p + "scores"], reference[p + "scores"], atol=EPS, rtol=0)
         shape = (len(labels), *size)
         count = int(np.prod(shape))
         got = np.unpackbits(new[p + "masks"], count=count).reshape(shape).astype(bool)
