@@ -23,7 +23,7 @@ import os
 import sys
 from types import ModuleType
 
-from .errors import MaskRCNNError, os_error_message, user_os_error
+from .errors import MaskRCNNError, one_line, os_error_message, user_os_error
 
 COMMANDS = ["detect", "train", "evaluate", "demo", "convert", "check_data", "plan", "tune", "config", "export", "serve"]
 
@@ -69,10 +69,6 @@ def build_parser(commands: tuple[dict[str, ModuleType], dict[str, str]] | None =
     return parser
 
 
-def _one_line(message: object) -> str:
-    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     modules, unavailable = load_commands()
@@ -88,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             resolve_device(args.device)  # fail before any work: a typo, or cuda without a GPU
         return int(args._run(args) or 0)
     except MaskRCNNError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -30,6 +30,12 @@ def first_line(exc: BaseException, default: str | None = None, limit: int | None
     return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
+def one_line(message: object) -> str:
+    """A message in one line: its non-blank lines, stripped, joined with ``"; "`` (the CLI's
+    ``error:`` line and the server's JSON errors)."""
+    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
 # ---------------------------------------------------------------------------- OS errors about user paths
 
 #: errno -> what to do, for OS errors that are about a path the user chose (not bugs).

@@ -129,10 +129,6 @@ def _progress(ids: list[int], enabled: bool) -> Iterable[int]:
     return tqdm(ids, desc="check-data", unit="img", file=sys.stderr)
 
 
-def _one_line(exc: BaseException) -> str:
-    return first_line(exc)[:200]
-
-
 class _State:
     """Running totals of the streaming check."""
 
@@ -168,7 +164,7 @@ class _State:
             masks, class_ids = self.ds.load_mask(image_id)
         except Exception as exc:  # noqa: BLE001 - any failure of user code is a finding
             if image is not None:
-                self.add("error", "unreadable_mask", f"load_mask failed ({_one_line(exc)}); fix the annotation "
+                self.add("error", "unreadable_mask", f"load_mask failed ({first_line(exc, limit=200)}); fix the annotation "
                          "or remove the image", image_id)
             return
         loaded = check_load_mask(masks, class_ids, None if image is None else image.shape[:2],
@@ -199,10 +195,10 @@ class _State:
         try:
             image = np.asarray(self.ds.load_image(image_id))
         except MaskRCNNError as exc:  # already one line naming the file and the fix
-            self.add("error", "unreadable_image", _one_line(exc), image_id)
+            self.add("error", "unreadable_image", first_line(exc, limit=200), image_id)
             return None
         except Exception as exc:  # noqa: BLE001 - any failure of user code is a finding
-            self.add("error", "unreadable_image", f"cannot read the image ({_one_line(exc)}); re-export the "
+            self.add("error", "unreadable_image", f"cannot read the image ({first_line(exc, limit=200)}); re-export the "
                      "file or remove it from the dataset", image_id)
             return None
         if image.ndim == 2:

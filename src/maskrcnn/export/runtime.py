@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import MaskRCNNError, WeightsError
+from ..errors import MaskRCNNError, WeightsError, first_line
 from ..inference.predictor import Predictor, class_names_of
 from .graph import INPUT_NAMES, OUTPUT_NAMES, check_exportable
 from .onnx import read_sidecar
@@ -43,10 +43,6 @@ def graph_inputs(images: list[Tensor]) -> dict[str, np.ndarray]:
         b[:, : t.shape[1], : t.shape[2]] = t.float().cpu().numpy()
     sizes = np.array([[t.shape[1], t.shape[2]] for t in images], dtype=np.int64)
     return {"images": batch, "sizes": sizes}
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
 
 
 class ExportedPredictor(Predictor):
@@ -81,7 +77,7 @@ class ExportedPredictor(Predictor):
         except MaskRCNNError:
             raise
         except Exception as exc:  # each backend raises its own types for a file it cannot read
-            raise WeightsError(f"{self.path}: {self.backend} cannot load it ({_first_line(exc)}); "
+            raise WeightsError(f"{self.path}: {self.backend} cannot load it ({first_line(exc, limit=200)}); "
                                "export the model again") from None
         if names_in != INPUT_NAMES or names_out != OUTPUT_NAMES:
             raise WeightsError(f"{self.path}: inputs {names_in} / outputs {names_out} are not a maskrcnn export's "

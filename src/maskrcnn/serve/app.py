@@ -43,8 +43,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..cli import _one_line
-from ..errors import MaskRCNNError
+from ..errors import MaskRCNNError, one_line
 from .batching import Batcher, Draining, QueueFull
 from .metrics import CONTENT_TYPE_LATEST, ServeMetrics
 
@@ -94,7 +93,7 @@ class ApiError(Exception):
 
 
 def _error(status: int, message: object, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": _one_line(message)}, status_code=status, headers=headers)
+    return JSONResponse({"error": one_line(message)}, status_code=status, headers=headers)
 
 
 def load_predictor(settings: ServeSettings) -> Any:
