@@ -156,17 +156,21 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Run (or continue) training; returns when done, interrupted, or raises on failure."""
         created_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        finished = False
         try:
             with determinism(self.config.deterministic):
                 self._setup()
                 result = self._run()
                 if self.amp_dtype is not None:  # channels-last was for the autocast run; detection gets NCHW back
                     self.module.to(memory_format=torch.contiguous_format)
+                finished = True
                 return result
         finally:
             if hasattr(self, "log"):
                 self.log.close()
             if created_group:
+                if finished:  # every rank leaves together: rank 0 may still be writing its files, and a
+                    du.barrier()  # rank that tears down gloo while a peer is busy can abort at exit
                 du.cleanup_distributed()
 
     def request_stop(self, reason: str, *, interrupted: bool = False, validate: bool = True) -> None:
