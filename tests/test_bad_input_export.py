@@ -124,7 +124,7 @@ def test_bad_exported_model_is_one_line(case, good, tmp_path):
 
 EXPORT_CASES = {
     "unknown format": (["--format", "tensorrt"], ["--format tensorrt", "onnx"]),
-    "format not available yet": (["--format", "tflite"], ["--format tflite", "--format onnx"]),
+    "--imgsz without tflite": (["--imgsz", "320"], ["--imgsz", "tflite"]),
     "--int8 without calibration": (["--int8"], ["--int8", "--calibration"]),
     "--calibration that does not exist": (["--int8", "--calibration", "nope"], ["--calibration nope", "no such folder"]),
     "--calibration without --int8": (["--calibration", "cal"], ["--calibration", "--int8"]),
@@ -138,6 +138,61 @@ def test_bad_export_options_are_one_line(case, good, tmp_path):
     result = run_cli("export", "--weights", good["ck"], "--out", tmp_path / "m.onnx", *extra)
     assert_clean_error(result, *fragments)
     assert not (tmp_path / "m.onnx").exists()
+
+
+TFLITE_CASES = {
+    "--calibration with tflite": (["--int8", "--calibration", "cal"], ["--calibration", "dynamic-range", "drop"]),
+    "--imgsz not a multiple of 32": (["--imgsz", "100"], ["--imgsz 100", "multiple of", "96"]),
+    "--validation without --int8": (["--validation", "val.json"], ["--validation", "--int8"]),
+}
+
+
+@pytest.mark.parametrize("case", list(TFLITE_CASES))
+def test_bad_tflite_export_options_are_one_line(case, good, tmp_path):
+    extra, fragments = TFLITE_CASES[case]
+    result = run_cli("export", "--weights", good["ck"], "--format", "tflite", "--out", tmp_path / "m.tflite", *extra)
+    assert_clean_error(result, *fragments)
+    assert not (tmp_path / "m.tflite").exists()
+
+
+def test_tflite_export_without_the_converter_is_one_line(good, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "litert_torch" else real(name, *a))
+    result = run_cli("export", "--weights", good["ck"], "--format", "tflite", "--out", tmp_path / "m.tflite")
+    assert_clean_error(result, "--format tflite", "litert-torch", "pip install")
+    assert not (tmp_path / "m.tflite").exists()
+
+
+def _onnx_named_tflite(good, tmp_path):
+    """An ONNX file under a .tflite name, with a matching sidecar."""
+    import hashlib
+
+    path, side = tmp_path / "model.tflite", tmp_path / "model.json"
+    shutil.copy(good["onnx"], path)
+    meta = json.loads(good["side"].read_text())
+    meta["files"] = {"model.tflite": hashlib.sha256(path.read_bytes()).hexdigest()}
+    side.write_text(json.dumps(meta))
+    return path
+
+
+def test_a_tflite_that_is_not_one_is_one_line(good, tmp_path):
+    """A file LiteRT cannot read: one line, not a traceback."""
+    pytest.importorskip("ai_edge_litert")
+    with pytest.raises(Exception) as exc:
+        maskrcnn.load(_onnx_named_tflite(good, tmp_path), device="cpu")
+    assert_one_line_error(exc, "model.tflite", "LiteRT cannot load it", "export")
+
+
+def test_a_tflite_without_the_interpreter_is_one_line(good, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # import ai_edge_litert -> ImportError
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    with pytest.raises(Exception) as exc:
+        maskrcnn.load(_onnx_named_tflite(good, tmp_path), device="cpu")
+    assert_one_line_error(exc, "model.tflite", "ai-edge-litert", "pip install")
 
 
 def test_calibration_folder_without_images_is_one_line(good, tmp_path):

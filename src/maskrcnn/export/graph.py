@@ -23,6 +23,10 @@ batch size and image size:
 
 The result equals the eager model's ``model.detect`` on the same batch up to float rounding
 (the modules are the eager ones; the reorganised steps do the same arithmetic).
+
+The three steps with weights are methods (:meth:`ExportGraph.features`, :meth:`~ExportGraph.box_outputs`,
+:meth:`~ExportGraph.mask_probs`): the TFLite export runs them from its file and everything else
+from this class (:class:`maskrcnn.export.tflite.SplitGraph`).
 """
 
 from __future__ import annotations
@@ -171,13 +175,33 @@ class ExportGraph(nn.Module):
             return (x - mean) / std
         return (x - t.pixel_mean[None, :, None, None]) / t.pixel_std[None, :, None, None]
 
+    # ------------------------------------------------------------------ dense parts
+    # The three steps with weights. TFLite's split export (:mod:`maskrcnn.export.tflite`) runs them
+    # from its file and everything else (the glue) from this class.
+    def features(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Backbone+FPN and RPN head of the network input ``x [B, C, H, W]``: per level the FPN
+        features ``[B, F, h, w]``, objectness logits ``[B, A, h, w]`` and deltas ``[B, 4A, h, w]``."""
+        feats = self.model.backbone(x)
+        logits, deltas = self.model.rpn.head(feats)
+        return feats, logits, deltas
+
+    def box_outputs(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        """Box head and predictor of RoI features ``[R, F, S, S]``: class logits ``[R, K]``, deltas ``[R, 4K]``."""
+        heads = self.model.roi_heads
+        return heads.box_predictor(heads.box_head(pooled))
+
+    def mask_probs(self, pooled: Tensor, labels: Tensor) -> Tensor:
+        """Mask head of RoI features ``[D, F, S, S]``: the ``labels [D]`` class's probabilities ``[D, 2S, 2S]``."""
+        heads = self.model.roi_heads
+        return heads.mask_predictor.inference(heads.mask_head(pooled), labels)
+
     # ------------------------------------------------------------------ RPN
-    def proposals(self, feats: list[Tensor], padded: Tensor, frame: Tensor) -> Tensor:
-        """RoIs ``[R, 5]`` (batch index, x1, y1, x2, y2), as :meth:`RegionProposalNetwork.select_proposals`."""
+    def proposals(self, logits: list[Tensor], deltas: list[Tensor], padded: Tensor, frame: Tensor) -> Tensor:
+        """RoIs ``[R, 5]`` (batch index, x1, y1, x2, y2) of the RPN head's per-level ``logits [B, A, h, w]``
+        and ``deltas [B, 4A, h, w]``, as :meth:`RegionProposalNetwork.select_proposals`."""
         from torchvision.models.detection._utils import _topk_min
 
         rpn = self.model.rpn
-        logits, deltas = rpn.head(feats)
         k_pre, k_post = rpn.pre_nms_top_n["testing"], rpn.post_nms_top_n["testing"]
         hp, wp = padded.shape[-2], padded.shape[-1]
         boxes_l, scores_l, levels_l = [], [], []
@@ -210,7 +234,7 @@ class ExportGraph(nn.Module):
         as :meth:`RoIHeads.detect` / :meth:`BoxPredictor.inference` per image."""
         heads = self.model.roi_heads
         pred = heads.box_predictor
-        class_logits, box_deltas = pred(heads.box_head(heads.box_pool.pool(feats, rois)))
+        class_logits, box_deltas = self.box_outputs(heads.box_pool.pool(feats, rois))
         probs = F.softmax(class_logits.float(), -1)
         num_classes = probs.shape[1]
         sc = probs[:, 1:]
@@ -227,13 +251,13 @@ class ExportGraph(nn.Module):
         keep = _best_per_image(keep, image, batch, pred.detections_per_img)
         boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
         mask_rois = torch.cat([image[:, None].to(boxes.dtype), boxes], 1)
-        mask_probs = heads.mask_predictor.inference(heads.mask_head(heads.mask_pool.pool(feats, mask_rois)), labels)
+        mask_probs = self.mask_probs(heads.mask_pool.pool(feats, mask_rois), labels)
         return boxes, scores, labels, mask_probs, image
 
     def forward(self, images: Tensor, sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         x, scaled, frame, offset = self.preprocess(images, sizes)
-        feats = self.model.backbone(x)
-        rois = self.proposals(feats, x, frame)
+        feats, logits, deltas = self.features(x)
+        rois = self.proposals(logits, deltas, x, frame)
         boxes, scores, labels, mask_probs, image = self.detections(feats, rois, frame)
         shift = offset[image].flip(1).repeat(1, 2).to(boxes.dtype)  # (left, top, left, top)
         boxes = unscale_boxes(boxes - shift, sizes[image].to(torch.float32), scaled[image].to(torch.float32))

@@ -44,7 +44,9 @@ SIDECAR_SUFFIX = ".json"
 FORMAT_NAME = "maskrcnn-export"
 FORMAT_VERSION = 1
 #: Model formats and the suffix of their model file.
-FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
+FORMATS = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
+#: Default side of the fixed ``imgsz x imgsz`` input of a TFLite export.
+TFLITE_IMGSZ = 512
 
 
 def sidecar_path(model_path: str | os.PathLike[str]) -> Path:
@@ -84,10 +86,13 @@ def export_onnx(model: MaskRCNN, out: str | os.PathLike[str], **kw: Any) -> tupl
 
 def export_model(model: MaskRCNN, out: str | os.PathLike[str], *, fmt: str = "onnx", opset: int = OPSET,
                  calibration: str | os.PathLike[str] | None = None, calibration_images: int = 300,
-                 on_skip: Any = None) -> tuple[Path, Path]:
-    """Export ``model`` to ``out`` (``.onnx``, or ``.xml`` for ``fmt="openvino"``) and its sidecar;
-    returns both paths. The model is put in eval mode on the CPU (in place: move it back if it was
-    elsewhere).
+                 on_skip: Any = None, int8: bool = False, imgsz: int = TFLITE_IMGSZ) -> tuple[Path, Path]:
+    """Export ``model`` to ``out`` (``.onnx``, ``.xml`` for ``fmt="openvino"``, ``.tflite`` for
+    ``fmt="tflite"``) and its sidecar; returns both paths. The model is put in eval mode on the CPU
+    (in place: move it back if it was elsewhere).
+
+    ``fmt="tflite"`` writes the dense parts at a fixed ``imgsz`` (:mod:`maskrcnn.export.tflite`;
+    ``int8``: dynamic-range int8 weights, no calibration); ``opset`` and ``calibration`` do not apply.
 
     ``calibration`` (a folder of images): write the int8 model instead
     (:func:`maskrcnn.export.quantize.quantize_int8`, calibrated on up to ``calibration_images`` of
@@ -102,6 +107,8 @@ def export_model(model: MaskRCNN, out: str | os.PathLike[str], *, fmt: str = "on
     out = Path(out)
     config = model.config
     check_exportable(config)
+    if fmt == "tflite":
+        return _export_tflite(model, out, imgsz, int8)
     graph = ExportGraph(model.cpu().eval())
     gen = torch.Generator().manual_seed(0)
     c = config.image_channel_count
@@ -117,9 +124,7 @@ def export_model(model: MaskRCNN, out: str | os.PathLike[str], *, fmt: str = "on
                           output_names=OUTPUT_NAMES, dynamic_axes=axes, do_constant_folding=True)
     data = buf.getvalue()
     onnx.checker.check_model(onnx.load_from_string(data))
-    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model_format": fmt, "opset": opset,
-            "torch": torch.__version__,
-            "class_names": class_names_of(config), "config": config.model_dump(mode="json"), **io_contract(config)}
+    meta = _meta(config, fmt, opset=opset)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         if calibration is not None:
@@ -134,6 +139,28 @@ def export_model(model: MaskRCNN, out: str | os.PathLike[str], *, fmt: str = "on
 
             files = onnx_to_openvino(data, Path(tmp), out.stem)
     return _write_export(out, files, meta)
+
+
+def _meta(config: Config, fmt: str, **extra: Any) -> dict[str, Any]:
+    """The sidecar's content (without ``files``) of an export of ``config`` in ``fmt``."""
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model_format": fmt, **extra,
+            "torch": torch.__version__, "class_names": class_names_of(config), "config": config.model_dump(mode="json"),
+            **io_contract(config)}
+
+
+def _export_tflite(model: MaskRCNN, out: Path, imgsz: int, int8: bool) -> tuple[Path, Path]:
+    """The TFLite export: the dense parts (:func:`maskrcnn.export.tflite.convert_tflite`) at a fixed
+    ``imgsz``; the sidecar's config is the fixed-size one and its ``tflite`` entry lists the glue."""
+    from .tflite import convert_tflite, fixed_size_config, tflite_meta
+
+    config = fixed_size_config(model.config, imgsz)
+    data = convert_tflite(model, config, int8=int8)
+    meta = _meta(config, "tflite", tflite=tflite_meta(config, int8))
+    if int8:
+        meta["int8"] = {"method": "ai-edge-quantizer dynamic_wi8_afp32 (dynamic range)", "weights": "int8 per channel",
+                        "activations": "float32, quantised on the fly per run", "calibration": None}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return _write_export(out, {out.name: data}, meta)
 
 
 def _write_export(out: Path, files: dict[str, bytes], meta: dict[str, Any]) -> tuple[Path, Path]:

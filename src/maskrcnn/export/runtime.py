@@ -1,12 +1,13 @@
-"""Run an exported model (``model.onnx`` with ONNX Runtime, ``model.xml`` with OpenVINO) behind the
-:class:`~maskrcnn.inference.predictor.Predictor` API.
+"""Run an exported model (``model.onnx`` with ONNX Runtime, ``model.xml`` with OpenVINO, ``model.tflite``
+with LiteRT) behind the :class:`~maskrcnn.inference.predictor.Predictor` API.
 
 :class:`ExportedPredictor` is a ``Predictor`` whose one model step (``_detect_raw``) runs the
 exported graph: input conversion (paths, PIL, arrays, tensors; channel checks), batching,
 streaming, tiling, mask pasting and :class:`~maskrcnn.inference.results.Detections` are the
 ``Predictor``'s own code, so the eager model and the exported one return the same kind of
 results. The backends differ only in how a session is opened and run: :class:`OnnxPredictor`
-(ONNX Runtime) and :class:`OpenVinoPredictor` (OpenVINO). ``maskrcnn.load(path)`` and
+(ONNX Runtime), :class:`OpenVinoPredictor` (OpenVINO) and :class:`TFLitePredictor` (LiteRT's
+interpreter for the dense parts, our glue around them). ``maskrcnn.load(path)`` and
 ``maskrcnn detect --weights path`` pick one by the file's suffix (:func:`exported_predictor`).
 """
 
@@ -26,7 +27,7 @@ from ..inference.predictor import Predictor, class_names_of
 from .graph import INPUT_NAMES, OUTPUT_NAMES, check_exportable
 from .onnx import read_sidecar
 
-__all__ = ["ExportedPredictor", "OnnxPredictor", "OpenVinoPredictor", "RUNTIME_FIELDS", "EXPORT_SUFFIXES",
+__all__ = ["ExportedPredictor", "OnnxPredictor", "OpenVinoPredictor", "TFLitePredictor", "RUNTIME_FIELDS", "EXPORT_SUFFIXES",
            "exported_predictor", "graph_inputs", "is_exported_path"]
 
 #: Config fields that only the runtime reads (mask pasting), so they may differ from the export's.
@@ -159,12 +160,48 @@ class OpenVinoPredictor(ExportedPredictor):
         return [np.asarray(result[o]) for o in self.compiled.outputs]
 
 
+class TFLitePredictor(ExportedPredictor):
+    """An exported ``.tflite`` (the dense parts, :mod:`maskrcnn.export.tflite`) run with
+    ``ai-edge-litert``'s interpreter (CPU, XNNPACK), the glue by
+    :class:`~maskrcnn.export.tflite.SplitGraph` on a model built from the sidecar's config (its
+    anchors, thresholds and RoI poolers; its random dense weights are dropped)."""
+
+    backend = "LiteRT"
+
+    def _open(self, threads: int) -> tuple[list[str], list[str]]:
+        from torch import nn
+
+        from ..modeling import build_model
+        from .tflite import SplitGraph, TFLiteParts
+
+        if self.device.type != "cpu":
+            self._warn_cpu("this export runs on LiteRT's CPU interpreter")
+        try:
+            import ai_edge_litert.interpreter  # noqa: F401
+        except ImportError:
+            raise MaskRCNNError(f"{self.path}: running a .tflite needs ai-edge-litert; "
+                                "pip install 'maskrcnn[tflite]' (or ai-edge-litert)") from None
+        parts = TFLiteParts(self.path, threads)
+        with torch.no_grad():
+            glue = build_model(self.config).eval()
+        glue.backbone = nn.Identity()  # the file holds the dense parts
+        glue.rpn.head = glue.roi_heads.box_head = glue.roi_heads.mask_head = nn.Identity()
+        self.graph = SplitGraph(glue, parts)
+        return list(INPUT_NAMES), list(OUTPUT_NAMES)
+
+    def _run_graph(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = self.graph(torch.from_numpy(feed["images"]), torch.from_numpy(feed["sizes"]))
+        return [t.numpy() for t in out]
+
+
 #: Suffix of an exported model file -> its predictor.
-EXPORT_SUFFIXES: dict[str, type[ExportedPredictor]] = {".onnx": OnnxPredictor, ".xml": OpenVinoPredictor}
+EXPORT_SUFFIXES: dict[str, type[ExportedPredictor]] = {".onnx": OnnxPredictor, ".xml": OpenVinoPredictor,
+                                                       ".tflite": TFLitePredictor}
 
 
 def is_exported_path(spec: Any) -> bool:
-    """Whether a weights spec names an exported model (by its suffix: ``.onnx``, ``.xml``)."""
+    """Whether a weights spec names an exported model (by its suffix: ``.onnx``, ``.xml``, ``.tflite``)."""
     return isinstance(spec, (str, os.PathLike)) and Path(spec).suffix.lower() in EXPORT_SUFFIXES
 
 

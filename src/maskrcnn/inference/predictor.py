@@ -35,7 +35,8 @@ def load(weights: str | os.PathLike | None = "coco", *, config: Config | str | o
     Args:
         weights: ``"coco"`` / ``"coco-v2"`` (downloaded once, hash-checked), one of our checkpoints
             (``.safetensors`` file or folder), a torchvision state-dict ``.pth``, a model written by
-            ``maskrcnn export`` (``.onnx`` run with ONNX Runtime, ``.xml`` with OpenVINO:
+            ``maskrcnn export`` (``.onnx`` run with ONNX Runtime, ``.xml`` with OpenVINO, ``.tflite``
+            with LiteRT:
             :mod:`maskrcnn.export.runtime`; its config is the export's, only ``mask_threshold`` may
             be overridden), or ``None`` for
             random weights (with ``config``).
