@@ -53,9 +53,13 @@ def assert_close(eager: list[dict], other: list[dict], box_tol: float = 1e-4, to
             torch.testing.assert_close(o[key], e[key].float(), atol=tol, rtol=0, msg=key)
 
 
-def test_fixed_size_config_detects_in_a_square_frame():
-    config = fixed_size_config(biased_model().config, IMGSZ)
-    assert (config.detect_resize_mode, config.image_min_dim, config.image_max_dim) == ("square", IMGSZ, IMGSZ)
+@pytest.mark.parametrize("kw", [{}, dict(image_resize_mode="pad64", image_min_scale=1.5),
+                                dict(image_resize_mode="crop", inference_resize_mode="pad64")], ids=["minmax", "pad64", "crop"])
+def test_fixed_size_config_detects_in_a_square_frame(kw):
+    config = fixed_size_config(biased_model(**kw).config, 96)  # 96: no multiple of 64, as pad64 would want
+    assert (config.detect_resize_mode, config.image_min_dim, config.image_max_dim) == ("square", 96, 96)
+    assert config.image_min_scale == 0 and not config.fast
+    config = fixed_size_config(config, IMGSZ)
     assert part_shapes(config) == {"features": (1, 3, IMGSZ, IMGSZ), "box_head": (tflite.BOX_ROWS, 16, 7, 7),
                                    "mask_head": (tflite.MASK_ROWS, 16, 14, 14)}
     with pytest.raises(Exception) as exc:
@@ -143,9 +147,11 @@ def test_tflite_with_no_detection_gives_empty_outputs(exported):
 def test_tflite_sidecar_says_what_is_in_the_file_and_what_is_glue(exported):
     from ai_edge_litert.interpreter import Interpreter
 
+    from maskrcnn.export.onnx import read_sidecar
+
     _, path = exported
     meta = json.loads(path.with_suffix(".json").read_text())
-    assert meta["model_format"] == "tflite" and meta["config"]["inference_resize_mode"] == "square"
+    assert meta["model_format"] == "tflite" and read_sidecar(path)[0].detect_resize_mode == "square"
     assert meta["config"]["image_max_dim"] == meta["tflite"]["imgsz"] == IMGSZ
     assert list(meta["tflite"]["signatures"]) == ["features", "box_head", "mask_head"]
     assert {"proposals", "roi_align", "detections"} <= set(meta["tflite"]["glue"]) and "roi_align" in meta["tflite"]["why"]

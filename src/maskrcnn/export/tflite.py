@@ -75,8 +75,9 @@ def fixed_size_config(config: Config, imgsz: int) -> Config:
     if imgsz < 64 or imgsz % d:
         raise ConfigError(f"--imgsz {imgsz}: must be a multiple of size_divisibility={d} and at least 64 "
                           f"(e.g. {max(64, round(imgsz / d) * d)})")
-    return config.replace(inference_resize_mode="square", image_min_dim=imgsz, image_max_dim=imgsz,
-                          image_min_scale=0.0, fast=False)
+    # image_resize_mode too: a training mode's own rules (pad64's, crop's) must not refuse imgsz
+    return config.replace(image_resize_mode="square", inference_resize_mode=None, image_min_dim=imgsz,
+                          image_max_dim=imgsz, image_min_scale=0.0, fast=False)
 
 
 def fixed_size_model(model: MaskRCNN, imgsz: int) -> MaskRCNN:
