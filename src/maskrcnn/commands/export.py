@@ -4,7 +4,7 @@
 ``.tflite``), or a folder (then ``model.onnx`` / ``model.xml`` / ``model.tflite`` in it); the sidecar
 (class names, config, input/output contract) is written next to it with the suffix ``.json``.
 The graph and its contract: :mod:`maskrcnn.export.graph` and :mod:`maskrcnn.export.onnx`; run the
-result with ``maskrcnn detect --weights model.onnx`` (or ``model.xml``) or ``maskrcnn.load(...)``.
+result with ``maskrcnn detect --weights model.onnx`` (or ``model.xml``, ``model.tflite``) or ``maskrcnn.load(...)``.
 ``--int8`` writes the int8 model instead (:mod:`maskrcnn.export.quantize`, calibrated on
 ``--calibration``); ``--validation`` then measures what it costs (mask and box AP of the exact
 model and of the int8 export, printed and stored in the sidecar's ``int8.validation``).
