@@ -12,6 +12,8 @@ With ``litert-torch`` and ``ai-edge-litert`` installed (the ``tflite`` extra; ~9
 interpreter gives the eager model's detections. XNNPACK's fp32 kernels sum in another order than
 PyTorch's (measured: boxes within 2e-5 px, scores 3e-7, mask probabilities 1e-5 on these images):
 boxes within 1e-3 px, scores and mask probabilities within 1e-4, labels equal, as the OpenVINO test.
+``--int8`` (dynamic range) writes a smaller file whose detections stay near the exact ones, and
+``--validation`` measures it against the exact model at the same fixed size.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import maskrcnn
 from maskrcnn.export import tflite
@@ -160,20 +163,33 @@ def test_tflite_sidecar_says_what_is_in_the_file_and_what_is_glue(exported):
     assert len(found["features"]["outputs"]) == 15  # 5 levels x (features, logits, deltas)
 
 
-def test_tflite_int8_is_smaller_and_close(exported, tmp_path):
-    from maskrcnn.export.onnx import export_model
-    from maskrcnn.export.runtime import TFLitePredictor
+def test_tflite_int8_is_smaller_close_and_validated_at_the_fixed_size(exported, tmp_path):
+    """``--int8 --validation DATA``: the dataset is the fixed-size eager model's own detections, so
+    that reference scores mask AP 1.0 (the reference of a fixed-size export detects at its size)."""
+    from _bad_input import run_cli
+    from _evaluate_data import detecting_model, save_model, write_gt, write_images
 
-    model, fp32 = exported
-    path, side = export_model(model, tmp_path / "int8.tflite", fmt="tflite", imgsz=IMGSZ, int8=True)
-    assert path.stat().st_size < 0.5 * fp32.stat().st_size
-    assert json.loads(side.read_text())["int8"]["calibration"] is None
-    images = _images(PHOTOS[:1])
-    ref = TFLitePredictor(fp32, threads=1)._detect_raw(images, None)[0]
-    got = TFLitePredictor(path, threads=1)._detect_raw(images, None)[0]
+    _, fp32 = exported
+    model = detecting_model({1: 4.0})
+    ck = save_model(model, tmp_path / "tiny.safetensors")
+    images = write_images(tmp_path / "data", 3)
+    eager = Predictor(fixed_size_model(model, IMGSZ))
+    gt = write_gt(tmp_path / "data" / "gt.json", images, eager.detect([str(p) for p in images]), [(1, "cell")], {1: 1})
+    result = run_cli("export", "--weights", ck, "--format", "tflite", "--imgsz", str(IMGSZ), "--int8",
+                     "--validation", gt, "--out", tmp_path / "int8.tflite")
+    assert result.code == 0, result.err
+    path = tmp_path / "int8.tflite"
+    assert path.stat().st_size < 0.5 * fp32.stat().st_size  # both tiny models have the same layers
+    q = json.loads(path.with_suffix(".json").read_text())["int8"]
+    assert q["calibration"] is None and q["validation"]["exact_mask_AP"] == pytest.approx(1.0)
+    assert 0.0 <= q["validation"]["int8_mask_AP"] <= 1.0
+    images_t = [torch.from_numpy(np.array(Image.open(images[0]).convert("RGB"))).permute(2, 0, 1).float() / 255]
+    with torch.no_grad():
+        ref = eager._detect_raw(images_t, None)[0]
+    got = maskrcnn.load(path, device="cpu")._detect_raw(images_t, None)[0]
     assert len(got["labels"]) > 0
-    # int8 weights move scores and boxes a little (measured: 0.004 and 0.1 px here), and may swap
-    # near-ties: most int8 detections have an fp32 one of the same class within 0.05 and 2 px
+    # int8 weights move scores and boxes a little and may swap near-ties: most int8 detections
+    # have an exact one of the same class within 0.05 and 2 px
     matched = [bool(((ref["labels"] == lab) & ((ref["scores"] - sc).abs() < 0.05)
                      & ((ref["boxes"] - box).abs().max(1).values < 2.0)).any())
                for box, sc, lab in zip(got["boxes"], got["scores"], got["labels"])]
