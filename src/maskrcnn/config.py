@@ -102,7 +102,7 @@ class Config(BaseModel):
     # ---------------------------------------------------------------- backbone
     backbone: str = _f("resnet50", "Backbone body: resnet18/34/50/101 (Matterport BACKBONE), or timm:<model> for a timm features_only model (e.g. timm:convnext_tiny, timm:efficientnet_b0; pip install 'maskrcnn[timm]') behind the same FPN.")
     timm_pretrained: str | None = _f(None, "ImageNet weights of a timm backbone, loaded when training starts from scratch: a local file with timm's state dict (.safetensors or .pth) or an http(s) URL (downloaded once into the cache); null: random init. Never fetched from a model hub.", example="convnext_tiny.safetensors")
-    architecture: Literal["v1", "v2"] = _f("v1", "torchvision layout: v1 (frozen BN, 2-FC box head) or v2 (BN everywhere, 4conv1fc box head).")
+    architecture: Literal["v1", "v2", "matterport"] = _f("v1", "torchvision layout: v1 (frozen BN, 2-FC box head) or v2 (BN everywhere, 4conv1fc box head); matterport: Matterport's Keras network, for its .h5 weights (detection and evaluation only).")
     backbone_width: int = _f(64, "Channels of the ResNet stem; 64 is the standard ResNet, smaller values give a lean model trained from scratch.", "channels", ge=8)
     fpn_channels: int = _f(256, "Channels of every FPN level (Matterport TOP_DOWN_PYRAMID_SIZE).", "channels", ge=8)
     backbone_strides: list[int] = _f([4, 8, 16, 32, 64], "Strides of P2..P6 (Matterport BACKBONE_STRIDES); fixed by the ResNet-FPN backbone, any other value is an error.", "px")
@@ -504,6 +504,9 @@ def _first_error(c: Config) -> str | None:
     backbone_problem = _backbone_problem(c)
     if backbone_problem:
         return backbone_problem
+    if c.architecture == "matterport" and (c.fast or c.backbone not in ("resnet50", "resnet101")):
+        return ("architecture=matterport: Matterport's network is resnet50/resnet101 in exact mode; "
+                f"{'set fast: false' if c.fast else f'set backbone: resnet50 or resnet101 (not {c.backbone})'}")
     if c.backbone_strides != BACKBONE_STRIDES:
         return (f"backbone_strides={c.backbone_strides}: fixed at {BACKBONE_STRIDES} by the ResNet-FPN backbone "
                 "(P2..P6) and not configurable; remove the field")

@@ -239,6 +239,11 @@ def pretrained_model(config: Any, spec: str) -> tuple[Any, Any]:
     from ..modeling import build_model
 
     resolved = W.resolve_weights(spec, backbone=config.backbone, allow_backbone_only=True)
+    if resolved.implied.get("architecture") == "matterport":
+        from ..errors import WeightsError
+        from ..modeling.matterport import TRAINING_UNSUPPORTED
+
+        raise WeightsError(f"--weights {spec}: {TRAINING_UNSUPPORTED}")
     config = resolved.fit(config, ("backbone", "backbone_width") if resolved.backbone_only else ("architecture", "backbone"))
     model = build_model(config)
     W.load_into(model, resolved.state_dict, source=f"--weights {spec}", reinit_classes=True,

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["convert_matterport", "config_values_from_matterport", "DIRECT_FIELDS"]
+__all__ = ["convert_matterport", "config_values_from_matterport", "config_for_h5", "DIRECT_FIELDS"]
 
 #: Matterport attribute -> our field, copied as is (sequences become lists).
 DIRECT_FIELDS: dict[str, str] = {
@@ -194,3 +194,46 @@ def config_values_from_matterport(obj: Any, report: Callable[[str], None] | None
     for note in notes:
         say(f"note (from_matterport): {note}")
     return values
+
+
+#: what a Matterport ``.h5`` file fixes and a Matterport config also names
+_H5_CHECKED = (("num_classes", "NUM_CLASSES"), ("backbone", "BACKBONE"), ("image_channel_count", "IMAGE_CHANNEL_COUNT"))
+
+
+def config_for_h5(config: Any, implied: dict[str, Any], source: str) -> Any:
+    """The :class:`maskrcnn.Config` that runs Matterport ``.h5`` weights (``implied``: what the file fixes).
+
+    ``config``: None (Matterport's default config), a Matterport config instance or class, a dict
+    of UPPER_CASE attributes over Matterport's defaults (NUM_CLASSES and BACKBONE default to the
+    file's), or one of our Configs (used as it is). The file's class count, depth and input
+    channels must match what the config names (a one-line :class:`WeightsError` otherwise); the
+    architecture and the layer widths are the file's.
+    """
+    from ..config import Config
+    from ..errors import WeightsError
+    from .mrcnn.config import Config as MatterportConfig
+
+    if isinstance(config, Config):
+        values = config.model_dump()
+    else:
+        attrs = dict(config) if isinstance(config, dict) else {}
+        if config is not None and not isinstance(config, dict):
+            if not hasattr(config, "NUM_CLASSES"):
+                raise WeightsError(f"{source}: config is a {type(config).__name__}; pass a maskrcnn.Config, a Matterport "
+                                   "config (UPPER_CASE attributes) or a dict of them")
+            obj = config() if isinstance(config, type) else config
+        else:
+            bad = [k for k in attrs if not (isinstance(k, str) and k.isupper())]
+            if bad:
+                raise WeightsError(f"{source}: config key {bad[0]!r} is not a Matterport attribute (UPPER_CASE, e.g. "
+                                   "DETECTION_MIN_CONFIDENCE); pass a maskrcnn.Config for our field names")
+            attrs.setdefault("NUM_CLASSES", implied["num_classes"])
+            attrs.setdefault("BACKBONE", implied["backbone"])
+            obj = type("H5Config", (MatterportConfig,), attrs)()
+        values, _ = convert_matterport(obj)  # notes concern training; detection reads what it needs
+    for field, attr in _H5_CHECKED:
+        if field in values and values[field] != implied[field]:
+            raise WeightsError(f"{source}: the file has {attr}={implied[field]!r} but the config says {values[field]!r}; "
+                               f"set {attr} = {implied[field]!r} (or {field}: {implied[field]!r}) or use matching weights")
+    values.update(implied)
+    return Config.create(**values)

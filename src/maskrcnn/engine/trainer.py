@@ -188,6 +188,11 @@ class Trainer:
     # ================================================================== setup
     def _setup(self) -> None:
         c = self.config
+        if c.architecture == "matterport":
+            from ..config import ConfigError
+            from ..modeling.matterport import TRAINING_UNSUPPORTED
+
+            raise ConfigError(TRAINING_UNSUPPORTED)
         self.dist = du.init_distributed(self.device_pref)
         self.device = self.dist.device
         self.amp_dtype, use_scaler = resolve_amp(c.amp, self.device)

@@ -34,14 +34,17 @@ def load(weights: str | os.PathLike | None = "coco", *, config: Config | str | o
 
     Args:
         weights: ``"coco"`` / ``"coco-v2"`` (downloaded once, hash-checked), one of our checkpoints
-            (``.safetensors`` file or folder), a torchvision state-dict ``.pth``, a model written by
-            ``maskrcnn export`` (``.onnx`` run with ONNX Runtime, ``.xml`` with OpenVINO, ``.tflite``
-            with LiteRT:
-            :mod:`maskrcnn.export.runtime`; its config is the export's, only ``mask_threshold`` may
-            be overridden), or ``None`` for
-            random weights (with ``config``).
+            (``.safetensors`` file or folder), a torchvision state-dict ``.pth``, a Matterport Keras
+            ``.h5`` file (read with h5py: Matterport's own network, ``architecture: matterport``,
+            :mod:`maskrcnn.modeling.matterport`; the class count and depth come from the file), a
+            model written by ``maskrcnn export`` (``.onnx`` run with ONNX Runtime, ``.xml`` with
+            OpenVINO, ``.tflite`` with LiteRT: :mod:`maskrcnn.export.runtime`; its config is the
+            export's, only ``mask_threshold`` may be overridden), or ``None`` for random weights
+            (with ``config``).
         config: a :class:`Config` or YAML path; by default the checkpoint's own or the one implied by
             the state dict. Its class count must match the weights' (a one-line error otherwise).
+            With ``.h5`` weights also a Matterport config instance or a dict of its UPPER_CASE
+            attributes (Matterport's defaults for the rest; default: Matterport's defaults).
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
         fast: fast inference mode (see ``Config.fast``; ``fast_dtype="bf16"`` in ``overrides`` forces bf16).
         frozen_bn_eps: override the frozen-BatchNorm eps convention (torchvision v1 files use 0).
@@ -65,6 +68,13 @@ def load(weights: str | os.PathLike | None = "coco", *, config: Config | str | o
     if isinstance(config, (str, os.PathLike)):
         config = Config.from_yaml(config)
     resolved = W.resolve_weights(weights, progress=progress) if weights is not None else None
+    if resolved is not None and resolved.implied.get("architecture") == "matterport" and resolved.config is None:
+        from ..compat.matterport import config_for_h5
+
+        config = config_for_h5(config, resolved.implied, resolved.source)  # a Matterport .h5 file
+    elif config is not None and not isinstance(config, Config):
+        raise ConfigError(f"config: got {type(config).__name__}; pass a maskrcnn.Config or a YAML path (a Matterport "
+                          "config class or UPPER_CASE dict goes with Matterport .h5 weights)")
     if resolved is None:
         config = config if config is not None else Config()
     elif config is None:
@@ -264,10 +274,11 @@ class Predictor:
 
         thr = self.config.mask_threshold if mask_threshold is None else mask_threshold
         raw = self._detect_raw([to_float_tensor(a) for a, _ in batch], score_threshold)
+        paste = getattr(self.model, "paste_masks", paste_masks)  # a model with its own rule (Matterport's)
         out = []
         for r, (a, fname) in zip(raw, batch):
             size = (a.shape[0], a.shape[1])
-            masks = paste_masks(r["mask_probs"], r["boxes"], size, threshold=thr)
+            masks = paste(r["mask_probs"], r["boxes"], size, threshold=thr)
             out.append(Detections(
                 boxes=r["boxes"].float().cpu().numpy(), class_ids=r["labels"].cpu().numpy(),
                 scores=r["scores"].float().cpu().numpy(), masks=masks.cpu().numpy(),

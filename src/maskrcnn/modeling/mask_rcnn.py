@@ -104,6 +104,10 @@ def build_model(config: Config, *, pretrained_backbone: bool = False) -> MaskRCN
     set; the trainer asks for it when a run starts from scratch.
     """
     c = config
+    if c.architecture == "matterport":  # Matterport's Keras network, for its .h5 weights (inference only)
+        from .matterport import MatterportMaskRCNN
+
+        return MatterportMaskRCNN(c)  # type: ignore[return-value]
     v2 = c.architecture == "v2"
     backbone: nn.Module
     if c.backbone.startswith("timm:"):

@@ -16,6 +16,8 @@
   ``layer1.0...``, or keys prefixed ``backbone.body.``) load into the ResNet body only, for training
   (``train --weights``): the FPN, RPN and heads start as when training from scratch, as
   Matterport's ``--weights=imagenet`` does.
+* Matterport's Keras ``.h5`` files (read with h5py, :mod:`.h5`) imply ``architecture: matterport``
+  (its own network, :mod:`maskrcnn.modeling.matterport`), for detection and evaluation only.
 * Our checkpoints are safetensors: one ``.safetensors`` file whose metadata holds the config YAML,
   or a folder with ``model.safetensors`` and ``config.yaml``.
 
@@ -43,6 +45,7 @@ from .convert import (COCO_CLASSES, backbone_state_dict, config_from_state_dict,
                       depth_from_keys, v1_frozen_bn_eps)
 from .download import cache_dir, download, expected_prefix, file_sha256
 from .files import check_finite, check_weights_file, read_state_dict
+from .h5 import is_h5, load_h5_into, read_h5_weights
 from .load import CLASS_DEPENDENT, adapt_conv1, load_into
 
 __all__ = [
@@ -51,7 +54,7 @@ __all__ = [
     "save_checkpoint", "load_checkpoint", "is_checkpoint", "check_weights_file", "check_finite",
     "ResolvedWeights", "resolve_weights", "backbone_state_dict", "imagenet_name", "IMAGENET",
     "NamedWeights", "CLASS_DEPENDENT", "file_sha256", "expected_prefix", "adapt_conv1", "depth_from_keys",
-    "v1_frozen_bn_eps",
+    "v1_frozen_bn_eps", "is_h5", "read_h5_weights", "load_h5_into",
 ]
 
 
@@ -167,6 +170,9 @@ def resolve_weights(spec: str | os.PathLike[str], *, progress: bool = True, back
         implied = _implied_by(sd, source)
         if implied["architecture"] == "v1":
             implied["frozen_bn_eps"] = 0.0  # torchvision's COCO file
+        return ResolvedWeights(sd, implied, source)
+    if is_h5(spec):  # Matterport's Keras weights: its own network (architecture: matterport)
+        sd, implied = read_h5_weights(spec)
         return ResolvedWeights(sd, implied, source)
     if is_checkpoint(spec):
         config, sd = load_checkpoint(spec)
