@@ -26,7 +26,9 @@
 * ``load_weights(path, by_name=False, exclude=None)``: our checkpoints, torchvision ``.pth``
   state dicts (a ResNet body too) and named weights (``"coco"``, ``"coco-v2"``, ``"imagenet"``) through
   :func:`maskrcnn.weights.resolve_weights`; ``exclude`` takes Matterport's layer names.
-  Matterport ``.h5`` files cannot be loaded yet (a one-line error says what to use).
+  Matterport ``.h5`` files load (``mode="inference"``) into Matterport's own network
+  (``settings.architecture`` becomes ``matterport``, :mod:`maskrcnn.modeling.matterport`) with
+  ``by_name`` and ``exclude`` as Matterport means them; training starts from ``coco``/``imagenet``.
 * ``find_last()``, ``get_imagenet_weights()``, ``log_dir``, ``epoch`` as Matterport's.
 
 Module functions of Matterport's that scripts and notebooks call: ``load_image_gt`` (the resized
@@ -221,12 +223,12 @@ class MaskRCNN:
         ``mrcnn_bbox_fc``, ``mrcnn_bbox``, ``mrcnn_mask`` when the class count differs) or prefixes
         of our parameter names, kept as they are; as in Matterport it implies ``by_name``.
         """
-        from ...weights import CLASS_DEPENDENT, load_into, resolve_weights
+        from ...weights import CLASS_DEPENDENT, is_h5, load_into, resolve_weights
 
         spec = os.fspath(filepath)
-        if spec.lower().endswith(".h5"):
-            raise WeightsError(f"{spec}: loading Matterport .h5 weights is not available yet; use one of our checkpoints "
-                               "(.safetensors, e.g. model.find_last()), a torchvision .pth state dict or 'coco'")
+        if is_h5(spec):
+            self._load_h5(spec, by_name, exclude)
+            return
         resolved = resolve_weights(spec, backbone=self.settings.backbone, allow_backbone_only=True)
         settings = resolved.fit(self.settings, ("architecture", "backbone", "backbone_width"))
         own = self.module.state_dict()
@@ -250,6 +252,20 @@ class MaskRCNN:
             self.module, self._settings = module, settings
         load_into(self.module, sd, source=spec, reinit_classes=False, log=lambda line: print(line, file=sys.stderr),
                   backbone_only=resolved.backbone_only)
+        self._predictor = None
+        self.set_log_dir(spec)
+
+    def _load_h5(self, spec: str, by_name: bool, exclude: Sequence[str] | None) -> None:
+        """A Matterport ``.h5`` into Matterport's own network (``architecture: matterport``), for detection."""
+        from ...weights import load_h5_into
+
+        if self.mode != "inference":
+            raise WeightsError(f"{spec}: Matterport .h5 weights run in mode='inference' here (detection, evaluation); to "
+                               "train, load_weights('coco', by_name=True, exclude=[...]) or model.get_imagenet_weights()")
+        if self.settings.architecture != "matterport":
+            self.settings = self.settings.replace(architecture="matterport")
+        loaded = load_h5_into(self.module, spec, by_name=bool(by_name or exclude), exclude=exclude or ())
+        print(f"{spec}: loaded {len(loaded)} of {len(self.module.net.layers)} layers", file=sys.stderr)
         self._predictor = None
         self.set_log_dir(spec)
 

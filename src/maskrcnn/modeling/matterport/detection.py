@@ -84,7 +84,7 @@ def boxes_to_original(boxes: Tensor, window: tuple[int, int, int, int], image_sh
 def paste_masks_matterport(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int],
                            threshold: float | None = 0.5) -> Tensor:
     """Matterport's ``unmold_mask``: each ``[M, M]`` probability map resized to its integer box
-    (:func:`~.ops.resize_constant`, in float32 as scikit-image keeps float32 input) and
+    (:func:`~.ops.resize_constant`, float32 as scikit-image keeps it, clipped to the map's range) and
     thresholded ``>= threshold`` (0.5), written into ``[N, H, W]``. ``boxes [N, 4]`` are
     ``(x1, y1, x2, y2)`` integer pixels, ``x2``/``y2`` exclusive. ``threshold=None``: probabilities."""
     n = mask_probs.shape[0]
@@ -94,6 +94,6 @@ def paste_masks_matterport(mask_probs: Tensor, boxes: Tensor, image_size: tuple[
         x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
         if y2 <= y1 or x2 <= x1:
             continue
-        res = resize_constant(mask_probs[i].float().cpu(), (y2 - y1, x2 - x1)).float()
+        res = resize_constant(mask_probs[i].float().cpu(), (y2 - y1, x2 - x1))
         out[i, y1:y2, x1:x2] = res if threshold is None else res >= threshold
     return out

@@ -74,8 +74,7 @@ class MatterportMaskRCNN(nn.Module):
                             f"multiples of 64 after resizing ({t.mode} gives {ph}x{pw}); use image_resize_mode square or pad64")
         pixels = torch.round(image.double() * 255.0)
         if info.scale != 1.0:
-            lo, hi = pixels.min(), pixels.max()
-            pixels = torch.floor(resize_constant(pixels, info.scaled_size).clamp(lo, hi))
+            pixels = torch.floor(resize_constant(pixels, info.scaled_size))  # astype(uint8) truncates
         (top, bottom), (left, right) = info.padding
         pixels = torch.nn.functional.pad(pixels, (left, right, top, bottom))
         mean = torch.tensor(self.config.pixel_mean, dtype=torch.float64, device=image.device)[:, None, None]

@@ -167,15 +167,40 @@ def clip_boxes(boxes: Tensor, window: Tensor) -> Tensor:
 
 
 def resize_constant(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """Matterport's ``utils.resize`` (scikit-image ``resize(order=1, mode="constant", cval=0,
-    anti_aliasing=False)``) of ``[..., H, W]`` to ``size``: output pixel ``i`` samples the input
-    at ``(i + 0.5) * H / h - 0.5``, linearly, with 0 outside the image (so borders fade when
-    enlarging). Computed in float64 (as scipy's ``zoom``); returns float64.
+    """Matterport's ``utils.resize`` of ``[..., H, W]`` to ``size``: scikit-image's ``resize(order=1,
+    mode="constant", cval=0, clip=True, preserve_range=True, anti_aliasing=False)``.
+
+    Output pixel ``i`` samples the input at ``(i + 0.5) * H / h - 0.5``, linearly, with 0 outside
+    the image (borders fade when enlarging); the result is clipped to the input's range, except
+    values exactly 0 (scikit-image keeps the constant when 0 is outside that range). Computed by
+    scipy's ``ndimage.zoom`` as scikit-image does (bit-equal) when scipy is installed (the
+    ``matterport`` extra), else by the same formula in torch (equal within float64 rounding, which
+    can move a value across an integer when it is truncated to ``uint8``). Float64 for integer
+    and float64 input, float32 for float32 input (scikit-image's types).
     """
-    x = image.double()
-    for axis, n_out in ((-2, size[0]), (-1, size[1])):
-        x = _resize_axis(x, axis, int(n_out))
-    return x
+    dtype = torch.float32 if image.dtype == torch.float32 else torch.float64
+    x = image.detach().cpu().to(dtype)
+    lead = x.shape[:-2]
+    if tuple(x.shape[-2:]) == tuple(size):
+        out = x.clone()
+    else:
+        try:
+            from scipy import ndimage
+        except ImportError:
+            out = x
+            for axis, n_out in ((-2, size[0]), (-1, size[1])):
+                out = _resize_axis(out, axis, int(n_out))
+        else:
+            a = x.numpy()
+            zoom = [1.0] * len(lead) + [1.0 / (x.shape[-2] / size[0]), 1.0 / (x.shape[-1] / size[1])]
+            out = torch.from_numpy(ndimage.zoom(a, zoom, order=1, mode="grid-constant", cval=0.0, grid_mode=True))
+    lo, hi = x.min(), x.max()
+    keep_zero = not bool(lo <= 0 <= hi) and bool(out.min() <= 0 <= out.max())
+    zero = out == 0 if keep_zero else None
+    out = out.clamp(lo, hi)
+    if zero is not None:
+        out[zero] = 0.0
+    return out.to(image.device)
 
 
 def _resize_axis(x: Tensor, axis: int, n_out: int) -> Tensor:
