@@ -114,13 +114,16 @@ def test_augmentation_that_is_not_imgaug(tmp_path: Path, datasets: tuple[Any, An
 
 
 @pytest.mark.parametrize("name", ["mask_rcnn_coco.h5", "logs/shapes20250101T0000/mask_rcnn_shapes_0003.H5"])
-def test_h5_weights_say_what_to_use_instead(tmp_path: Path, name: str) -> None:
+def test_h5_weights_for_training_say_what_to_use_instead(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x89HDF\r\n\x1a\n")
     with pytest.raises(MaskRCNNError) as err:
         _model(tmp_path).load_weights(str(path), by_name=True)
-    assert_one_line_error(err, name.rsplit("/", 1)[-1], ".h5", "not available yet", ".safetensors", ".pth", "'coco'")
+    assert_one_line_error(err, name.rsplit("/", 1)[-1], ".h5", "mode='inference'", "'coco'", "get_imagenet_weights")
+    with pytest.raises(MaskRCNNError) as err:  # inference: read, and a damaged file says so
+        _model(tmp_path, mode="inference", config=InferenceConfig()).load_weights(str(path), by_name=True)
+    assert_one_line_error(err, name.rsplit("/", 1)[-1], "not a readable HDF5 file", "again")
 
 
 def test_weights_with_another_class_count_need_exclude(tmp_path: Path) -> None:

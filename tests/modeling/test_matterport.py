@@ -309,3 +309,30 @@ def test_h5_cannot_start_training(h5file: Path) -> None:
         pretrained_model(Config.create(num_classes=3), str(h5file))
     msg = str(err.value)
     assert "\n" not in msg and "imagenet" in msg and "detection and evaluation" in msg
+
+
+def test_our_config_over_matterports_defaults(h5file: Path) -> None:
+    p = maskrcnn.load(h5file, config=Config.create(num_classes=3, detection_min_confidence=0.2), device="cpu")
+    c = p.config
+    assert c.detection_min_confidence == 0.2  # set: kept
+    assert c.rpn_bbox_std_dev == [0.1, 0.1, 0.2, 0.2] and c.image_resize_mode == "square"  # unset: Matterport's
+    assert c.image_max_dim == 1024 and c.pixel_std == [1 / 255] * 3
+
+
+def test_detect_cli_with_h5_and_a_matterport_yaml(h5file: Path, tmp_path: Path) -> None:
+    import json
+
+    import yaml
+    from PIL import Image
+
+    from _bad_input import run_cli
+
+    (tmp_path / "mp.yaml").write_text(yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v for k, v in MP.items()}))
+    Image.fromarray(_image()).save(tmp_path / "a.png")
+    result = run_cli("detect", tmp_path / "a.png", "--weights", h5file, "--config", tmp_path / "mp.yaml",
+                     "--out", tmp_path / "out", "--score", "0", "--device", "cpu", "--no-overlays")
+    assert result.code == 0, result.err
+    found = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    anns = found["annotations"] if isinstance(found, dict) else found
+    want = maskrcnn.load(h5file, config=MP, device="cpu").detect(_image())[0]
+    assert len(anns) == len(want) > 0

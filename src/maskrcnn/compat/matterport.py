@@ -205,16 +205,22 @@ def config_for_h5(config: Any, implied: dict[str, Any], source: str) -> Any:
 
     ``config``: None (Matterport's default config), a Matterport config instance or class, a dict
     of UPPER_CASE attributes over Matterport's defaults (NUM_CLASSES and BACKBONE default to the
-    file's), or one of our Configs (used as it is). The file's class count, depth and input
-    channels must match what the config names (a one-line :class:`WeightsError` otherwise); the
-    architecture and the layer widths are the file's.
+    file's), a YAML file of either kind, or one of our Configs (the fields it sets, over
+    Matterport's defaults: e.g. ``rpn_bbox_std_dev`` stays Matterport's 0.1/0.2 unless set). The
+    file's class count, depth and input channels must match what the config names (a one-line
+    :class:`WeightsError` otherwise); the architecture and the layer widths are the file's.
     """
+    import os
+
     from ..config import Config
     from ..errors import WeightsError
     from .mrcnn.config import Config as MatterportConfig
 
+    if isinstance(config, (str, os.PathLike)):
+        config = _matterport_yaml(config)
     if isinstance(config, Config):
-        values = config.model_dump()
+        values = config_for_h5(None, implied, source).model_dump()
+        values.update({k: getattr(config, k) for k in config.model_fields_set})
     else:
         attrs = dict(config) if isinstance(config, dict) else {}
         if config is not None and not isinstance(config, dict):
@@ -237,3 +243,17 @@ def config_for_h5(config: Any, implied: dict[str, Any], source: str) -> Any:
                                f"set {attr} = {implied[field]!r} (or {field}: {implied[field]!r}) or use matching weights")
     values.update(implied)
     return Config.create(**values)
+
+
+def _matterport_yaml(path: Any) -> Any:
+    """A YAML config file: a dict when every top-level key is UPPER_CASE (Matterport's attributes),
+    else our :class:`maskrcnn.Config` read by ``Config.from_yaml``."""
+    from pathlib import Path
+
+    from ..config import Config, _read_config_text, parse_yaml
+
+    if Path(path).is_file():
+        data = parse_yaml(_read_config_text(Path(path)), str(path), fix="fix the file")
+        if isinstance(data, dict) and data and all(isinstance(k, str) and k.isupper() for k in data):
+            return data
+    return Config.from_yaml(path)

@@ -210,7 +210,7 @@ def read_h5_weights(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], di
 
 
 def load_h5_into(model: nn.Module, path: str | os.PathLike[str], *, by_name: bool = False,
-                 exclude: Sequence[str] = ()) -> list[str]:
+                 exclude: Sequence[str] = (), layers: Layers | None = None) -> list[str]:
     """Load a Matterport ``.h5`` into ``model`` (a ``MatterportMaskRCNN``) as Matterport's
     ``load_weights`` does; returns the names of the layers loaded.
 
@@ -218,6 +218,7 @@ def load_h5_into(model: nn.Module, path: str | os.PathLike[str], *, by_name: boo
     RPN's three convolutions, ``mrcnn_bbox`` has no weights). ``by_name``: only the layers the file
     and the model share are loaded, others keep their weights; otherwise every (not excluded)
     layer of the model must be in the file. A layer of another shape is an error either way.
+    ``layers``: the file's :func:`read_keras_layers`, when already read.
     """
     source = str(path)
     own = model.net.layers  # type: ignore[union-attr]
@@ -230,7 +231,7 @@ def load_h5_into(model: nn.Module, path: str | os.PathLike[str], *, by_name: boo
         else:
             raise WeightsError(f"exclude: {name!r} is not a layer of Matterport's network; use its layer names, e.g. "
                                "mrcnn_class_logits, mrcnn_bbox_fc, mrcnn_bbox, mrcnn_mask, conv1")
-    layers = read_keras_layers(path)
+    layers = read_keras_layers(path) if layers is None else layers
     targets = [n for n in own if n not in skipped]
     if not by_name:
         missing = [n for n in targets if n not in layers]

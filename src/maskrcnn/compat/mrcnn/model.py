@@ -257,14 +257,15 @@ class MaskRCNN:
 
     def _load_h5(self, spec: str, by_name: bool, exclude: Sequence[str] | None) -> None:
         """A Matterport ``.h5`` into Matterport's own network (``architecture: matterport``), for detection."""
-        from ...weights import load_h5_into
+        from ...weights.h5 import load_h5_into, read_keras_layers
 
         if self.mode != "inference":
             raise WeightsError(f"{spec}: Matterport .h5 weights run in mode='inference' here (detection, evaluation); to "
                                "train, load_weights('coco', by_name=True, exclude=[...]) or model.get_imagenet_weights()")
+        layers = read_keras_layers(spec)
         if self.settings.architecture != "matterport":
             self.settings = self.settings.replace(architecture="matterport")
-        loaded = load_h5_into(self.module, spec, by_name=bool(by_name or exclude), exclude=exclude or ())
+        loaded = load_h5_into(self.module, spec, by_name=bool(by_name or exclude), exclude=exclude or (), layers=layers)
         print(f"{spec}: loaded {len(loaded)} of {len(self.module.net.layers)} layers", file=sys.stderr)
         self._predictor = None
         self.set_log_dir(spec)
