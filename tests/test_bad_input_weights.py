@@ -321,3 +321,16 @@ def test_resolved_weights_fit_the_config(tiny: tuple[Config, dict[str, torch.Ten
         resolved.fit(cfg.replace(architecture="v2"), ("architecture",))
     assert_one_line_error(info, "w.pth", "architecture='v1'", "architecture: 'v1'")
     assert yaml.safe_load(cfg.to_yaml())["backbone"] == "resnet18"
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["--weights", "w.pth", "--out", "x.json"], ("--out", "x.json", ".safetensors")),
+    (["src_folder", "--weights", "w.pth", "--out", "x.safetensors"], ("--weights", "one per call")),
+    (["--weights", "missing.pth", "--out", "x.safetensors"], ("missing.pth", "not found")),
+    (["--out", "x.safetensors"], ("SRC", "--weights")),
+    (["src_folder", "--config", "c.yaml", "--out", "x.json"], ("--config", "only with --weights")),
+], ids=["json-out", "both", "missing", "neither", "config-for-annotations"])
+def test_bad_convert_weights(tmp_path: Path, argv: list[str], fragments: tuple[str, ...],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert_clean_error(run_cli("convert", *argv), *fragments)

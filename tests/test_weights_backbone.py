@@ -173,3 +173,39 @@ def test_imagenet_cannot_detect_and_is_not_downloaded_for_it(served_imagenet, mo
     with pytest.raises(WeightsError) as err:
         W.resolve_weights("imagenet", backbone="resnet18")
     assert str(err.value).startswith("imagenet: holds a backbone only") and "train --weights imagenet" in str(err.value)
+
+
+def test_convert_imagenet_to_a_checkpoint_that_trains(served_imagenet, tmp_path):
+    """``maskrcnn convert --weights imagenet --config C --out model.safetensors``: our checkpoint with
+    the ImageNet body and the config; ``train --weights`` starts from it with the same tensors."""
+    import yaml
+
+    from _bad_input import run_cli
+
+    sd, _, _ = served_imagenet
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny().model_dump(mode="json")))
+    out = tmp_path / "start.safetensors"
+    result = run_cli("convert", "--weights", "imagenet", "--config", cfg, "--out", out)
+    assert result.code == 0, result.err
+    assert "wrote" in result.out and "resnet18" in result.out and "3 classes" in result.out
+    config, saved = W.load_checkpoint(out)
+    assert config.backbone == "resnet18" and config.frozen_bn_eps == 1e-5
+    for k, v in sd.items():
+        if not (k.startswith("fc.") or k.endswith("num_batches_tracked")):
+            assert torch.equal(saved[f"backbone.body.{k}"], v), k
+    _, model = pretrained_model(config, str(out))  # a training run from the converted file
+    own = model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in saved.items())
+
+
+def test_convert_backbone_only_state_dict_without_config(tmp_path):
+    from _bad_input import run_cli
+
+    sd = classifier_state_dict(seed=3)
+    torch.save(sd, tmp_path / "resnet.pth")
+    result = run_cli("convert", "--weights", tmp_path / "resnet.pth", "--out", tmp_path / "ckpt")
+    assert result.code == 0, result.err
+    config, saved = W.load_checkpoint(tmp_path / "ckpt")
+    assert (config.backbone, config.backbone_width) == ("resnet18", 8)
+    assert torch.equal(saved["backbone.body.layer2.0.conv1.weight"], sd["layer2.0.conv1.weight"])

@@ -336,3 +336,21 @@ def test_detect_cli_with_h5_and_a_matterport_yaml(h5file: Path, tmp_path: Path) 
     anns = found["annotations"] if isinstance(found, dict) else found
     want = maskrcnn.load(h5file, config=MP, device="cpu").detect(_image())[0]
     assert len(anns) == len(want) > 0
+
+
+def test_convert_h5_to_our_checkpoint(h5file: Path, tmp_path: Path, predictor) -> None:
+    import yaml
+
+    from _bad_input import run_cli
+
+    (tmp_path / "mp.yaml").write_text(yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v for k, v in MP.items()}))
+    out = tmp_path / "matterport.safetensors"
+    result = run_cli("convert", "--weights", h5file, "--config", tmp_path / "mp.yaml", "--out", out)
+    assert result.code == 0, result.err
+    assert "matterport resnet50, 3 classes" in result.out
+    again = maskrcnn.load(out, device="cpu")
+    assert again.config == predictor.config
+    a, b = again.detect(_image())[0], predictor.detect(_image())[0]
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(a.masks, b.masks)

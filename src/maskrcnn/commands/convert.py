@@ -1,4 +1,5 @@
-"""``maskrcnn convert SRC --out FILE.json [--format F] [--option KEY=VALUE ...]``: any format -> COCO JSON.
+"""``maskrcnn convert SRC --out FILE.json [--format F] [--option KEY=VALUE ...]``: any format -> COCO JSON;
+``maskrcnn convert --weights W --out model.safetensors [--config C]``: any weights -> our checkpoint.
 
 Loads ``SRC`` with :func:`maskrcnn.data.formats.load_dataset` (format detected unless given),
 writes the COCO file atomically and prints one summary line::
@@ -12,6 +13,14 @@ empty mask or an undeclared class (none of these is written).
 Images stored inside the annotations (TFRecords) are written to ``FILE_images/`` next to the JSON.
 Loader options are ``--option KEY=VALUE`` with YAML values, e.g.
 ``--option class_attribute=name --option class_ids=[1,3]``.
+
+With ``--weights`` (``imagenet``, ``coco``, ``coco-v2``, a torchvision or backbone-only state
+dict, a Matterport ``.h5``, one of our checkpoints) the model of ``--config`` (default: the one
+the weights imply) is built, the weights loaded as ``train --weights`` loads them (backbone-only
+weights fill the ResNet body, class layers of another class count start anew; a Matterport
+``.h5`` is loaded exactly, ``architecture: matterport``) and written as our checkpoint
+(``.safetensors`` file, or a folder with ``model.safetensors`` + ``config.yaml``), which
+``train --weights``, ``detect``, ``evaluate`` and ``maskrcnn.load`` take.
 """
 
 from __future__ import annotations
@@ -38,8 +47,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="convert annotations (VIA, LabelMe, mask folders, YOLO, COCO, TFRecord) to one COCO JSON",
         description="Convert a dataset in any supported format to a COCO instances JSON (RLE masks).",
     )
-    p.add_argument("src", metavar="SRC", help="annotation file or dataset folder")
-    p.add_argument("--out", required=True, metavar="FILE.json", help="COCO JSON to write")
+    p.add_argument("src", metavar="SRC", nargs="?", help="annotation file or dataset folder")
+    p.add_argument("--out", required=True, metavar="FILE.json", help="COCO JSON to write (with --weights: our "
+                   "checkpoint, a .safetensors file or a folder)")
+    p.add_argument("--weights", metavar="W", help="convert weights instead: imagenet, coco, coco-v2, a torchvision or "
+                   "backbone-only .pth, a Matterport .h5 or a checkpoint -> our checkpoint at --out")
+    p.add_argument("--config", metavar="C", help="with --weights: config YAML of the model to write (default: the "
+                   "weights'; with a Matterport .h5 also a YAML of Matterport attributes)")
     p.add_argument("--format", choices=FORMATS, default=None, help="input format (detected when omitted)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="loader option, YAML value (repeatable), e.g. class_attribute=name")
@@ -61,11 +75,17 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert ``args.src`` to ``args.out``; print a one-line summary. Returns 0."""
+    """Convert ``args.src`` (or ``--weights``) to ``args.out``; print a one-line summary. Returns 0."""
     from ..data.convert import extract_images, write_coco
     from ..data.formats import load_dataset
     from ..data.problems import summary_lines
 
+    if args.weights is not None:
+        return _convert_weights(args)
+    if args.src is None:
+        raise DataError("convert: give an annotation file or dataset folder (SRC), or --weights W to convert weights")
+    if args.config is not None:
+        raise DataError("--config: only with --weights (the config of the checkpoint to write); remove it")
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise DataError(f"--out {out}: give a .json file name")
@@ -90,4 +110,22 @@ def run(args: argparse.Namespace) -> int:
     print(line)
     for text in summary_lines(problems, str(args.src), action="converting"):
         print(text, file=sys.stderr)
+    return 0
+
+
+def _convert_weights(args: argparse.Namespace) -> int:
+    """``--weights W --out CHECKPOINT``: one summary line; a one-line error for what cannot be done."""
+    from ..errors import WeightsError
+    from ..weights import weights_to_checkpoint
+
+    if args.src is not None or args.format is not None or args.option:
+        raise WeightsError("convert --weights: SRC, --format and --option are for annotations; convert weights or "
+                           "annotations, one per call")
+    out = Path(args.out)
+    if out.suffix and out.suffix != ".safetensors":
+        raise WeightsError(f"--out {out}: our checkpoint is a .safetensors file or a folder; e.g. --out model.safetensors")
+    if out.suffix:
+        ensure_output_file(out)
+    config = weights_to_checkpoint(args.weights, out, args.config, log=lambda line: print(line, file=sys.stderr))
+    print(f"wrote {out}: {config.architecture} {config.backbone}, {config.num_classes} classes, from {args.weights}")
     return 0

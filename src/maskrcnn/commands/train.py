@@ -235,20 +235,15 @@ def pretrained_model(config: Any, spec: str) -> tuple[Any, Any]:
     weights (``imagenet``: the ImageNet ResNet of ``config.backbone``; a ResNet ``.pth``) fill the
     ResNet body; everything else starts as when training from scratch.
     """
-    from .. import weights as W
-    from ..modeling import build_model
+    from ..errors import WeightsError
+    from ..weights import is_h5
+    from ..weights.start import model_from_weights
 
-    resolved = W.resolve_weights(spec, backbone=config.backbone, allow_backbone_only=True)
-    if resolved.implied.get("architecture") == "matterport":
-        from ..errors import WeightsError
+    if is_h5(spec):  # before reading it: Matterport's network does not train here
         from ..modeling.matterport import TRAINING_UNSUPPORTED
 
         raise WeightsError(f"--weights {spec}: {TRAINING_UNSUPPORTED}")
-    config = resolved.fit(config, ("backbone", "backbone_width") if resolved.backbone_only else ("architecture", "backbone"))
-    model = build_model(config)
-    W.load_into(model, resolved.state_dict, source=f"--weights {spec}", reinit_classes=True,
-                log=lambda m: print(m, file=sys.stderr), backbone_only=resolved.backbone_only)
-    return config, model
+    return model_from_weights(spec, config, log=lambda m: print(m, file=sys.stderr), source=f"--weights {spec}")
 
 
 def run(args: argparse.Namespace) -> int:

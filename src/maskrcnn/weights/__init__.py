@@ -24,7 +24,8 @@
 This package holds the table of named weights and :func:`resolve_weights`, the one entry point;
 the jobs it calls live in its modules: ``download`` (cache, download, hash), ``files`` (reading
 and checking a file), ``convert`` (torchvision key names, backbone-only layouts, implied config),
-``load`` (into a model) and ``checkpoint`` (ours). Every public name is importable from here, and
+``load`` (into a model), ``checkpoint`` (ours), ``h5`` (Matterport's Keras files) and ``start``
+(a model with weights for a config: ``train --weights``, ``convert --weights``). Every public name is importable from here, and
 the resolver looks ``NAMED_WEIGHTS`` and ``download`` up here, so replacing them on
 ``maskrcnn.weights`` (a mirror, a test) takes effect.
 """
@@ -47,6 +48,7 @@ from .download import cache_dir, download, expected_prefix, file_sha256
 from .files import check_finite, check_weights_file, read_state_dict
 from .h5 import is_h5, load_h5_into, read_h5_weights
 from .load import CLASS_DEPENDENT, adapt_conv1, load_into
+from .start import model_from_weights, weights_to_checkpoint
 
 __all__ = [
     "NAMED_WEIGHTS", "COCO_CLASSES", "resolve_named", "cache_dir", "download",
@@ -54,7 +56,7 @@ __all__ = [
     "save_checkpoint", "load_checkpoint", "is_checkpoint", "check_weights_file", "check_finite",
     "ResolvedWeights", "resolve_weights", "backbone_state_dict", "imagenet_name", "IMAGENET",
     "NamedWeights", "CLASS_DEPENDENT", "file_sha256", "expected_prefix", "adapt_conv1", "depth_from_keys",
-    "v1_frozen_bn_eps", "is_h5", "read_h5_weights", "load_h5_into",
+    "v1_frozen_bn_eps", "is_h5", "read_h5_weights", "load_h5_into", "model_from_weights", "weights_to_checkpoint",
 ]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,13 @@ Layers = dict[str, dict[str, np.ndarray]]
 
 
 def is_h5(spec: str | os.PathLike[str]) -> bool:
-    """Whether ``spec`` names an HDF5 file: the ``.h5``/``.hdf5``/``.keras`` suffix or HDF5's signature."""
+    """Whether ``spec`` names an HDF5 file: the ``.h5``/``.hdf5`` suffix, or a regular file with HDF5's signature."""
     path = Path(spec)
     if path.suffix.lower() in (".h5", ".hdf5"):
         return True
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # never open a FIFO or device (it would block)
+            return False
         with open(path, "rb") as f:
             return f.read(8) == HDF5_MAGIC
     except OSError:
