@@ -158,3 +158,14 @@ def test_exclude_of_an_unknown_layer(tmp_path: Path, layers: torch.nn.ModuleDict
     with pytest.raises(MaskRCNNError) as err:
         load_h5_into(model, path, by_name=True, exclude=["mrcnn_class_logitz"])
     assert_one_line_error(err, "mrcnn_class_logitz", "mrcnn_class_logits")
+
+
+def test_export_of_matterport_network_is_refused() -> None:
+    from maskrcnn.export.graph import check_exportable
+
+    with pytest.raises(MaskRCNNError) as err:
+        check_exportable(Config.create(**TINY))
+    assert_one_line_error(err, "architecture=matterport", "not exportable", "v1/v2")
+    with pytest.raises(MaskRCNNError) as err:
+        Config.create(**TINY, fast=True)
+    assert_one_line_error(err, "architecture=matterport", "fast: false")

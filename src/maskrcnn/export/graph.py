@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import nms
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..modeling import MaskRCNN
 from ..modeling.anchors import grid_anchors
 from ..modeling.box_coder import clip_boxes
@@ -54,8 +54,12 @@ def check_exportable(config: Config) -> None:
 
     Every inference resize mode (``minmax``, ``none``, ``square``, ``pad64``) and every
     normalisation (``fixed``, ``per_image``, ``invert_bright_images``) exports; ``crop`` is
-    training-only and refused as detection is (:func:`~maskrcnn.modeling.transform.check_inference_mode`).
+    training-only and refused as detection is (:func:`~maskrcnn.modeling.transform.check_inference_mode`);
+    Matterport's network (``architecture: matterport``) is not exportable.
     """
+    if config.architecture == "matterport":
+        raise ConfigError("architecture=matterport (Matterport .h5 weights): not exportable here; detect and evaluate "
+                          "with the .h5 (or its checkpoint) in PyTorch, or export a model trained with architecture v1/v2")
     check_inference_mode(config.detect_resize_mode)
 
 
