@@ -133,7 +133,7 @@ class Config(BaseModel):
     rpn_fg_iou_threshold: float = _f(0.7, "Anchor IoU with a GT box at or above which it is positive.", "IoU", gt=0, le=1)
     rpn_bg_iou_threshold: float = _f(0.3, "Anchor IoU below which it is negative.", "IoU", ge=0, le=1)
     pre_nms_limit_training: int = _f(2000, "Top proposals kept per FPN level before NMS, training.", "boxes", ge=1)
-    pre_nms_limit_inference: int = _f(1000, "Top proposals kept per FPN level before NMS, inference.", "boxes", ge=1)
+    pre_nms_limit_inference: int = _f(1000, "Top proposals kept per FPN level before NMS, inference (architecture matterport: over all levels together, Matterport's PRE_NMS_LIMIT).", "boxes", ge=1)
     post_nms_rois_training: int = _f(2000, "Proposals kept per image after NMS, training.", "boxes", ge=1)
     post_nms_rois_inference: int = _f(1000, "Proposals kept per image after NMS, inference.", "boxes", ge=1)
     rpn_bbox_std_dev: list[_Positive] = _f([1.0, 1.0, 1.0, 1.0], "Delta normalisation of RPN box regression (inverse of torchvision's weights).")

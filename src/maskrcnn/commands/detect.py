@@ -35,10 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        f"least one image was processed, {EXIT_ALL_UNREADABLE} when every input was unreadable, "
                        "2 for a usage error.")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or videos")
-    p.add_argument("--weights", required=True, help="coco, coco-v2, a checkpoint (.safetensors or folder), a torchvision .pth or an exported .onnx (run with ONNX Runtime)")
+    p.add_argument("--weights", required=True, help="coco, coco-v2, a checkpoint (.safetensors or folder), a torchvision .pth, a Matterport .h5 or an exported .onnx (run with ONNX Runtime)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score", type=probability, default=0.5, help="minimum score of written detections (default 0.5)")
-    p.add_argument("--config", help="config YAML (default: the checkpoint's)")
+    p.add_argument("--config", help="config YAML (default: the checkpoint's; with a Matterport .h5 also a YAML of its UPPER_CASE attributes)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--batch-size", type=positive_int, default=2, help="images per forward pass (only images of one size are batched)")
     p.add_argument("--fast", action="store_true", help="fast mode: BatchNorm folded, channels-last, bf16 where the CPU "

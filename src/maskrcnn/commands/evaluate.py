@@ -19,10 +19,10 @@ SHOW_SKIPPED = 20
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a model on a dataset (COCO box/mask AP, VOC mAP, DSB score, plots)")
-    p.add_argument("--weights", required=True, help="a checkpoint (.safetensors or folder), coco, coco-v2, a torchvision .pth or an exported .onnx")
+    p.add_argument("--weights", required=True, help="a checkpoint (.safetensors or folder), coco, coco-v2, a torchvision .pth, a Matterport .h5 or an exported .onnx")
     p.add_argument("--data", required=True, help="dataset: COCO JSON, VIA, LabelMe, mask folder or YOLO (format detected)")
     p.add_argument("--format", help="dataset format when detection is ambiguous")
-    p.add_argument("--config", help="config YAML (default: the checkpoint's)")
+    p.add_argument("--config", help="config YAML (default: the checkpoint's; with a Matterport .h5 also a YAML of its UPPER_CASE attributes)")
     p.add_argument("--out", default="eval_out", help="folder for report.json and the plots (default eval_out)")
     p.add_argument("--score", type=float, default=0.5, help="score threshold of the DSB score and confusion matrix")
     p.add_argument("--batch-size", type=int, default=2)

@@ -129,7 +129,6 @@ def h5_config(layers: Layers, source: str) -> dict[str, Any]:
                            "(BACKBONE); pass Matterport Mask R-CNN weights")
     conv1 = _kernel(layers, "conv1", source)
     logits = _kernel(layers, "mrcnn_class_logits", source)
-    rpn = _kernel(layers, "rpn_class_raw", source)
     for name, rank in (("conv1", 4), ("mrcnn_class_logits", 2)):
         if _kernel(layers, name, source).ndim != rank:
             raise WeightsError(f"{source}: layer {name!r}: kernel of shape {_kernel(layers, name, source).shape}, "
@@ -138,8 +137,17 @@ def h5_config(layers: Layers, source: str) -> dict[str, Any]:
             "backbone_width": int(conv1.shape[3]), "image_channel_count": int(conv1.shape[2]),
             "fpn_channels": int(_kernel(layers, "fpn_c5p5", source).shape[-1]),
             "box_head_dim": int(_kernel(layers, "mrcnn_class_conv1", source).shape[-1]),
-            "mask_head_channels": int(_kernel(layers, "mrcnn_mask_conv1", source).shape[-1]),
-            "_anchors": int(rpn.shape[-1]) // 2, "_rpn": int(rpn.shape[-2])}
+            "mask_head_channels": int(_kernel(layers, "mrcnn_mask_conv1", source).shape[-1])}
+
+
+def _net_shape(layers: Layers, implied: dict[str, Any], source: str) -> Any:
+    """The :class:`~maskrcnn.modeling.matterport.NetShape` of the file (its RPN widths too)."""
+    from ..modeling.matterport.network import NetShape
+
+    rpn = _kernel(layers, "rpn_class_raw", source)
+    return NetShape(num_classes=implied["num_classes"], backbone=implied["backbone"], width=implied["backbone_width"],
+                    fpn=implied["fpn_channels"], fc=implied["box_head_dim"], mask=implied["mask_head_channels"],
+                    anchors=int(rpn.shape[-1]) // 2, in_channels=implied["image_channel_count"], rpn=int(rpn.shape[-2]))
 
 
 def convert_layer(name: str, arrays: dict[str, np.ndarray], module: nn.Module, source: str) -> dict[str, Tensor]:
@@ -188,16 +196,13 @@ def _keras_shape(shape: tuple[int, ...], kind: str, transposed: bool) -> tuple[i
 def read_h5_weights(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """``(state dict, implied config values)`` of a Matterport ``.h5`` file, every layer present and
     of the right shape (a one-line :class:`WeightsError` naming the first that is not)."""
-    from ..modeling.matterport.network import MatterportLayers, NetShape
+    from ..modeling.matterport.network import MatterportLayers
 
     source = str(path)
     layers = read_keras_layers(path)
     implied = h5_config(layers, source)
-    shape = NetShape(num_classes=implied["num_classes"], backbone=implied["backbone"], width=implied["backbone_width"],
-                     fpn=implied["fpn_channels"], fc=implied["box_head_dim"], mask=implied["mask_head_channels"],
-                     anchors=implied.pop("_anchors"), in_channels=implied["image_channel_count"], rpn=implied.pop("_rpn"))
-    with torch.device("meta"):
-        net = MatterportLayers(shape)
+    with torch.device("meta"):  # names and shapes only, nothing allocated
+        net = MatterportLayers(_net_shape(layers, implied, source))
     extra = [n for n in layers if n not in net.layers]
     if extra:
         raise WeightsError(f"{source}: has layer {extra[0]!r} ({len(extra)} in all) that Matterport's Mask R-CNN has not; "
