@@ -8,19 +8,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
-from _bad_input import assert_clean_error, assert_one_line_error, run_cli
-from _keras_h5 import randomize, write_keras_h5
+h5py = pytest.importorskip("h5py")  # the matterport extra (in .[test])
 
-import maskrcnn
-import maskrcnn.engine
-from maskrcnn import Config
-from maskrcnn.errors import MaskRCNNError
-from maskrcnn.modeling import build_model
+from _bad_input import assert_clean_error, assert_one_line_error, run_cli  # noqa: E402
+from _keras_h5 import randomize, write_keras_h5  # noqa: E402
+
+import maskrcnn  # noqa: E402
+import maskrcnn.engine  # noqa: E402
+from maskrcnn import Config  # noqa: E402
+from maskrcnn.errors import MaskRCNNError  # noqa: E402
+from maskrcnn.modeling import build_model  # noqa: E402
 
 TINY = dict(architecture="matterport", backbone="resnet50", num_classes=3, backbone_width=8, fpn_channels=16,
             box_head_dim=32, mask_head_channels=16)

@@ -11,10 +11,11 @@ import math
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
+
+h5py = pytest.importorskip("h5py")  # the matterport extra (in .[test])
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
