@@ -355,3 +355,43 @@ def test_convert_h5_to_our_checkpoint(h5file: Path, tmp_path: Path, predictor) -
     np.testing.assert_array_equal(a.boxes, b.boxes)
     np.testing.assert_array_equal(a.scores, b.scores)
     np.testing.assert_array_equal(a.masks, b.masks)
+
+
+def test_evaluate_cli_with_h5(h5file: Path, tmp_path: Path) -> None:
+    """``maskrcnn evaluate --weights x.h5``: ground truth made of the model's own detections scores AP 1."""
+    import json
+
+    import yaml
+    from PIL import Image
+
+    from _bad_input import run_cli
+    from _evaluate_data import write_gt
+
+    images = []
+    (tmp_path / "images").mkdir()
+    for k in range(2):
+        images.append(tmp_path / "images" / f"img{k}.png")
+        Image.fromarray(_image(384, 512, seed=k)).save(images[-1])
+    mp = {**MP, "DETECTION_MIN_CONFIDENCE": 0.9, "DETECTION_MAX_INSTANCES": 5}
+    (tmp_path / "mp.yaml").write_text(yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v for k, v in mp.items()}))
+    dets = maskrcnn.load(h5file, config=mp, device="cpu").detect(images)
+    assert sum(len(d) for d in dets) > 0
+    gt = write_gt(tmp_path / "images" / "gt.json", images, dets, [(1, "a"), (2, "b")], {1: 1, 2: 2})
+    result = run_cli("evaluate", "--weights", h5file, "--config", tmp_path / "mp.yaml", "--data", gt,
+                     "--out", tmp_path / "eval", "--device", "cpu")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["num_predictions"] == sum(len(d) for d in dets)
+    assert report["coco"]["segm"]["AP"] == pytest.approx(1.0)
+
+
+def test_exclude_rpn_model_keeps_the_three_rpn_convolutions(source: torch.nn.Module, h5file: Path) -> None:
+    from maskrcnn.weights import load_h5_into
+
+    model = build_model(Config.create(**TINY))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loaded = load_h5_into(model, h5file, exclude=["rpn_model"])  # Matterport's nested model name
+    assert {"rpn_conv_shared", "rpn_class_raw", "rpn_bbox_pred"}.isdisjoint(loaded) and "conv1" in loaded
+    for key, value in model.state_dict().items():
+        want = before[key] if key.split(".")[2].startswith("rpn_") else source.state_dict()[key]
+        assert torch.equal(value, want), key
