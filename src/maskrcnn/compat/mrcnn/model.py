@@ -222,6 +222,10 @@ class MaskRCNN:
         layer names (:data:`MATTERPORT_LAYERS`, e.g. the class-dependent ``mrcnn_class_logits``,
         ``mrcnn_bbox_fc``, ``mrcnn_bbox``, ``mrcnn_mask`` when the class count differs) or prefixes
         of our parameter names, kept as they are; as in Matterport it implies ``by_name``.
+
+        A Matterport ``.h5`` file (``mode="inference"``) loads into Matterport's own network
+        (``settings.architecture`` becomes ``matterport``; :func:`maskrcnn.weights.load_h5_into`),
+        with ``by_name`` and ``exclude`` over its Keras layer names (``rpn_model`` for the RPN).
         """
         from ...weights import CLASS_DEPENDENT, is_h5, load_into, resolve_weights
 
