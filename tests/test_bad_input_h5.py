@@ -170,3 +170,40 @@ def test_export_of_matterport_network_is_refused() -> None:
     with pytest.raises(MaskRCNNError) as err:
         Config.create(**TINY, fast=True)
     assert_one_line_error(err, "architecture=matterport", "fast: false")
+
+
+def _serve_as_matterport_coco(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``path`` the file behind ``matterport-coco`` (a file:// URL, a fresh cache)."""
+    monkeypatch.setenv("MASKRCNN_CACHE", str(tmp_path / "cache"))
+    entry = maskrcnn.weights.NAMED_WEIGHTS["matterport-coco"]
+    monkeypatch.setitem(maskrcnn.weights.NAMED_WEIGHTS, "matterport-coco",
+                        maskrcnn.weights.NamedWeights(entry.file, path.as_uri(), "matterport", "resnet101"))
+
+
+def test_download_trained_weights_copies_matterports_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """download_trained_weights fetches mask_rcnn_coco.h5 (81 classes, ResNet-101 layout) and writes it where asked;
+    load_weights("matterport-coco") then runs it."""
+    from maskrcnn.compat.mrcnn import utils
+
+    source = build_model(Config.create(**{**TINY, "backbone": "resnet101", "num_classes": 81}))
+    randomize(source, seed=2)
+    served = write_keras_h5(tmp_path / "served.h5", source.net.layers)
+    _serve_as_matterport_coco(served, tmp_path, monkeypatch)
+    target = tmp_path / "mask_rcnn_coco.h5"
+    assert utils.download_trained_weights(str(target), verbose=0) == target
+    assert target.read_bytes() == served.read_bytes()
+    predictor = maskrcnn.load("matterport-coco", config={"IMAGE_MIN_DIM": 64, "IMAGE_MAX_DIM": 64}, device="cpu")
+    assert predictor.config.num_classes == 81 and predictor.config.backbone == "resnet101"
+    loaded = dict(predictor.model.named_parameters())["net.layers.mrcnn_class_logits.weight"]
+    assert torch.equal(loaded, source.net.layers["mrcnn_class_logits"].weight)
+
+
+def test_download_trained_weights_refuses_another_file(tmp_path: Path, layers: torch.nn.ModuleDict,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from maskrcnn.compat.mrcnn import utils
+
+    _serve_as_matterport_coco(write_keras_h5(tmp_path / "served.h5", layers), tmp_path, monkeypatch)
+    with pytest.raises(MaskRCNNError) as err:
+        utils.download_trained_weights(str(tmp_path / "mask_rcnn_coco.h5"), verbose=0)
+    assert_one_line_error(err, "mask_rcnn_coco.h5", "3 classes", "download again")
+    assert not (tmp_path / "mask_rcnn_coco.h5").exists()

@@ -166,8 +166,11 @@ def test_matterport_keras_attributes_say_what_to_use(tmp_path: Path) -> None:
 
 
 def test_download_trained_weights_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    entry = W.NAMED_WEIGHTS["coco"]
-    monkeypatch.setitem(W.NAMED_WEIGHTS, "coco", W.NamedWeights(entry.file, (tmp_path / "nowhere" / entry.file).as_uri(), "v1"))
+    monkeypatch.setenv("MASKRCNN_CACHE", str(tmp_path / "cache"))
+    entry = W.NAMED_WEIGHTS["matterport-coco"]
+    assert entry.url == utils.COCO_MODEL_URL
+    monkeypatch.setitem(W.NAMED_WEIGHTS, "matterport-coco",
+                        W.NamedWeights(entry.file, (tmp_path / "nowhere" / entry.file).as_uri(), "matterport", "resnet101"))
     with pytest.raises(MaskRCNNError) as err:
         utils.download_trained_weights(str(tmp_path / "mask_rcnn_coco.h5"), verbose=0)
     assert_one_line_error(err, "cannot download", "offline?", "put the file at")

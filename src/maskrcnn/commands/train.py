@@ -236,10 +236,10 @@ def pretrained_model(config: Any, spec: str) -> tuple[Any, Any]:
     ResNet body; everything else starts as when training from scratch.
     """
     from ..errors import WeightsError
-    from ..weights import is_h5
+    from ..weights import is_matterport
     from ..weights.start import model_from_weights
 
-    if is_h5(spec):  # before reading it: Matterport's network does not train here
+    if is_matterport(spec):  # before reading it: Matterport's network does not train here
         from ..modeling.matterport import TRAINING_UNSUPPORTED
 
         raise WeightsError(f"--weights {spec}: {TRAINING_UNSUPPORTED}")

@@ -65,7 +65,7 @@ def load(weights: str | os.PathLike | None = "coco", *, config: Config | str | o
         from ..export.runtime import exported_predictor
 
         return exported_predictor(weights, device=device, **overrides)
-    if isinstance(config, (str, os.PathLike)) and not (weights is not None and W.is_h5(weights)):
+    if isinstance(config, (str, os.PathLike)) and not (weights is not None and W.is_matterport(weights)):
         config = Config.from_yaml(config)  # with .h5 weights it may hold Matterport's attributes: config_for_h5
     resolved = W.resolve_weights(weights, progress=progress) if weights is not None else None
     if resolved is not None and resolved.implied.get("architecture") == "matterport" and resolved.config is None:

@@ -56,7 +56,7 @@ __all__ = [
     "save_checkpoint", "load_checkpoint", "is_checkpoint", "check_weights_file", "check_finite",
     "ResolvedWeights", "resolve_weights", "backbone_state_dict", "imagenet_name", "IMAGENET",
     "NamedWeights", "CLASS_DEPENDENT", "file_sha256", "expected_prefix", "adapt_conv1", "depth_from_keys",
-    "v1_frozen_bn_eps", "is_h5", "read_h5_weights", "load_h5_into", "model_from_weights", "weights_to_checkpoint",
+    "v1_frozen_bn_eps", "is_h5", "is_matterport", "local_path", "read_h5_weights", "load_h5_into", "model_from_weights", "weights_to_checkpoint",
 ]
 
 
@@ -77,6 +77,10 @@ NAMED_WEIGHTS: dict[str, NamedWeights] = {
                                       None, "resnet50"),
     "imagenet-resnet101": NamedWeights("resnet101-63fe2227.pth",
                                        "https://download.pytorch.org/models/resnet101-63fe2227.pth", None, "resnet101"),
+    # Matterport publishes no hash: the file is checked by reading its layout (compat.mrcnn.utils).
+    "matterport-coco": NamedWeights("mask_rcnn_coco.h5",
+                                    "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5",
+                                    "matterport", "resnet101"),
 }
 #: ``"imagenet"`` picks one of these by ``Config.backbone``.
 IMAGENET = "imagenet"
@@ -104,6 +108,17 @@ def resolve_named(name: str, *, progress: bool = True) -> tuple[Path, NamedWeigh
     if prefix is not None and not file_sha256(path).startswith(prefix):
         raise WeightsError(f"{path}: SHA-256 does not match {prefix}; delete the file and download it again")
     return path, entry
+
+
+def is_matterport(spec: str | os.PathLike[str]) -> bool:
+    """Whether ``spec`` names Matterport Keras weights: ``"matterport-coco"`` or an ``.h5`` file."""
+    entry = NAMED_WEIGHTS.get(str(spec))
+    return entry.architecture == "matterport" if entry is not None else is_h5(spec)
+
+
+def local_path(spec: str | os.PathLike[str], *, progress: bool = True) -> str:
+    """The file ``spec`` names: the cached file of named weights (downloaded first if needed), else ``spec``."""
+    return str(resolve_named(str(spec), progress=progress)[0]) if str(spec) in NAMED_WEIGHTS else os.fspath(spec)
 
 
 # ---------------------------------------------------------------------------- one entry point
@@ -166,6 +181,9 @@ def resolve_weights(spec: str | os.PathLike[str], *, progress: bool = True, back
         if NAMED_WEIGHTS[name].architecture is None and not allow_backbone_only:
             raise WeightsError(_BACKBONE_ONLY.format(source=source))  # before downloading it
         path, entry = resolve_named(name, progress=progress)
+        if entry.architecture == "matterport":
+            sd, implied = read_h5_weights(path)
+            return ResolvedWeights(sd, implied, source)
         sd = convert_torchvision(read_state_dict(path))
         if entry.architecture is None:
             return _backbone_weights(sd, source, allow_backbone_only)

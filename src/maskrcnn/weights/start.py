@@ -31,10 +31,10 @@ def model_from_weights(spec: str | os.PathLike[str], config: Any = None, *, log:
     architecture and backbone must match the weights (a one-line error otherwise).
     """
     from ..modeling import build_model
-    from . import is_h5, load_into, resolve_weights
+    from . import is_matterport, load_into, resolve_weights
 
     source = source or str(spec)
-    if is_h5(spec):
+    if is_matterport(spec):
         from ..compat.matterport import config_for_h5
 
         resolved = resolve_weights(spec)

@@ -227,11 +227,11 @@ class MaskRCNN:
         (``settings.architecture`` becomes ``matterport``; :func:`maskrcnn.weights.load_h5_into`),
         with ``by_name`` and ``exclude`` over its Keras layer names (``rpn_model`` for the RPN).
         """
-        from ...weights import CLASS_DEPENDENT, is_h5, load_into, resolve_weights
+        from ...weights import CLASS_DEPENDENT, is_matterport, load_into, local_path, resolve_weights
 
         spec = os.fspath(filepath)
-        if is_h5(spec):
-            self._load_h5(spec, by_name, exclude)
+        if is_matterport(spec):
+            self._load_h5(local_path(spec), by_name, exclude)
             return
         resolved = resolve_weights(spec, backbone=self.settings.backbone, allow_backbone_only=True)
         settings = resolved.fit(self.settings, ("architecture", "backbone", "backbone_width"))

@@ -11,13 +11,16 @@ Each name delegates to the one implementation in this project:
 * ``resize_image``: :func:`maskrcnn.data.resize.plan_resize` (Matterport's modes);
 * ``minimize_mask`` / ``expand_mask``: :mod:`maskrcnn.data.minimask` (the training pipeline's
   mini-masks: bilinear resampling thresholded at 0.5, not Matterport's skimage resize);
-* ``download_trained_weights``: downloads torchvision's COCO model (``"coco"``, hash-checked,
-  with the offline message), since Matterport's ``.h5`` cannot be loaded yet.
+* ``download_trained_weights``: downloads Matterport's ``mask_rcnn_coco.h5`` (its release URL,
+  cached once, checked to be Matterport's 81-class ResNet-101 layout, with the offline message)
+  and copies it to the path given, as Matterport does; ``load_weights`` runs it in Matterport's
+  network (:mod:`maskrcnn.modeling.matterport`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from ...data.augment import boxes_from_masks
 from ...data.minimask import expand_masks, minimize_masks
 from ...data.dataset import Dataset as _Dataset
 from ...data.resize import plan_resize
-from ...errors import DataError
+from ...errors import DataError, WeightsError
 from ...evaluation.voc import compute_ap, compute_ap_range, compute_matches, compute_overlaps_masks
 from ...evaluation.voc import _trim_zeros as trim_zeros
 from ._unsupported import module_getattr
@@ -36,7 +39,7 @@ from ._unsupported import module_getattr
 __all__ = ["Dataset", "compute_ap", "compute_ap_range", "compute_matches", "compute_overlaps_masks", "trim_zeros",
            "extract_bboxes", "resize_image", "minimize_mask", "expand_mask", "download_trained_weights", "COCO_MODEL_URL"]
 
-#: Matterport's constant; the file behind it is an ``.h5`` that cannot be loaded here yet.
+#: Matterport's constant: its COCO weights (ResNet-101, 81 classes), loadable with ``load_weights``.
 COCO_MODEL_URL = "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"
 
 
@@ -107,19 +110,29 @@ def resize_image(image: np.ndarray, min_dim: int | None = None, max_dim: int | N
 
 
 def download_trained_weights(coco_model_path: str | os.PathLike[str], verbose: int = 1) -> Path:
-    """Download torchvision's COCO Mask R-CNN (``"coco"``, once, hash-checked) and return its cache path.
+    """Download Matterport's ``mask_rcnn_coco.h5`` (once, into the weights cache) and copy it to ``coco_model_path``.
 
-    Matterport's ``mask_rcnn_coco.h5`` cannot be loaded here yet, so nothing is written to
-    ``coco_model_path``: load the COCO weights with ``model.load_weights("coco", ...)`` (a
-    ResNet-50: set ``BACKBONE = "resnet50"``). Offline, the error says where to put the file.
+    The file (from :data:`COCO_MODEL_URL`; Matterport publishes no hash) is accepted only when it
+    reads as Matterport's Keras layout with 81 classes and a ResNet-101 body, so a truncated or
+    wrong download is an error naming the file, and nothing is written to ``coco_model_path``.
+    Offline, the error says where to put the file. Returns ``coco_model_path``.
     """
+    from ...utils.files import atomic_write
     from ...weights import resolve_named
+    from ...weights.h5 import h5_config, read_keras_layers
 
-    path, _ = resolve_named("coco", progress=bool(verbose))
-    print(f"download_trained_weights: Matterport's .h5 cannot be loaded yet, so {coco_model_path} was not written; "
-          f"torchvision's COCO weights are in {path}: use model.load_weights('coco', by_name=True, exclude=[...])",
-          file=sys.stderr)
-    return path
+    cached, _ = resolve_named("matterport-coco", progress=bool(verbose))
+    implied = h5_config(read_keras_layers(cached), str(cached))
+    if (implied["num_classes"], implied["backbone"]) != (81, "resnet101"):
+        raise WeightsError(f"{cached}: has {implied['num_classes']} classes and a {implied['backbone']} body, not "
+                           f"Matterport's COCO weights (81, resnet101); delete it and download again")
+    target = Path(coco_model_path)
+    if target.resolve() != cached.resolve():
+        with open(cached, "rb") as src:
+            atomic_write(target, lambda out: shutil.copyfileobj(src, out, 1 << 20))
+    if verbose:
+        print(f"Matterport's COCO weights are in {target}", file=sys.stderr)
+    return target
 
 
 #: Matterport utilities with no counterpart here, and what to use.
