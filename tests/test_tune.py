@@ -1,5 +1,6 @@
 """``maskrcnn tune``: a 2-trial search on synthetic shapes with budgets of seconds writes a valid best
-config and a table and resumes from its database; the pruning hook, the samplers and the space."""
+config, a table and the study's plots and resumes from its database; the pruning hook, the samplers,
+the space and the plots' data."""
 
 from __future__ import annotations
 
@@ -55,12 +56,61 @@ def test_two_trial_tune_on_shapes_writes_a_valid_config_and_resumes(tmp_path: Pa
     assert complete and all(0 <= t.value <= 1 for t in complete)
     assert max(t.value for t in complete) == pytest.approx(float(rows[[i for i, r in enumerate(rows) if "(best)" in r][0]].split("|")[3]), abs=1e-4)
     assert all((out / "trials" / f"trial_{t.number:04d}" / "config.yaml").is_file() for t in finished)
+    for name in ("history.png", "slices.png"):  # the study's plots beside the table, named in the output
+        assert _png_size(out / name)[0] >= 400 and str(out / name) in printed.out
 
     # the same command again: the study has its 2 trials, nothing runs, the outputs stay
     assert main(argv) == 0
     assert "nothing to run" in capsys.readouterr().err
     assert len(optuna.load_study(study_name="tiny", storage=f"sqlite:///{(out / 'study.db').resolve()}").trials) == 2
     assert Config.from_yaml(out / "best.yaml") == best
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        im.load()
+        return im.size
+
+
+def test_study_plots_draw_history_slices_and_importances(tmp_path: Path) -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from maskrcnn.tuning.plots import study_series, write_study_plots
+    from maskrcnn.tuning.space import Param
+
+    space = [Param("learning_rate", "float", 1e-4, 1e-2, log=True), Param("mask_loss", "choice", choices=("bce", "dice"))]
+    dists = {"learning_rate": FloatDistribution(1e-4, 1e-2, log=True), "mask_loss": CategoricalDistribution(["bce", "dice"])}
+    study = optuna.create_study(direction="maximize")
+    made = [({"learning_rate": 1e-3, "mask_loss": "bce"}, 0.30, TrialState.COMPLETE, {}),
+            ({"learning_rate": 3e-3, "mask_loss": "dice"}, None, TrialState.PRUNED, {1: 0.05, 2: 0.10}),
+            ({"learning_rate": 5e-3, "mask_loss": "dice"}, 0.20, TrialState.COMPLETE, {}),
+            ({"learning_rate": 2e-4, "mask_loss": "bce"}, 0.45, TrialState.COMPLETE, {}),
+            ({"learning_rate": 1e-2, "mask_loss": "bce"}, None, TrialState.FAIL, {})]
+    for params, value, state, inter in made:
+        study.add_trial(create_trial(params=params, distributions=dists, value=value, state=state, intermediate_values=inter))
+    values = [dict(p) for p, *_ in made]
+
+    series = study_series(study.get_trials(), space, values)
+    # finished trials only (the failed one is not drawn); a pruned one at its last reported AP
+    assert series.history == [(0, 0.30, "complete"), (1, 0.10, "pruned"), (2, 0.20, "complete"), (3, 0.45, "complete")]
+    assert series.best == [0.30, 0.30, 0.30, 0.45]  # best complete AP so far
+    assert series.slices == {"learning_rate": [(1e-3, 0.30), (5e-3, 0.20), (2e-4, 0.45)],
+                             "mask_loss": [("bce", 0.30), ("dice", 0.20), ("bce", 0.45)]}
+
+    written = write_study_plots(study, space, values, tmp_path)
+    assert [p.name for p in written] == ["history.png", "slices.png", "importances.png"]
+    assert _png_size(tmp_path / "history.png") == (640, 400)
+    assert _png_size(tmp_path / "slices.png") == (800, 320)  # one panel per field, 2 columns
+    assert _png_size(tmp_path / "importances.png")[0] == 640
+
+    # one complete trial: no importances, the other two plots still
+    lone = optuna.create_study(direction="maximize")
+    lone.add_trial(create_trial(params=values[0], distributions=dists, value=0.3))
+    assert [p.name for p in write_study_plots(lone, space, values[:1], tmp_path / "lone")] == ["history.png", "slices.png"]
 
 
 class _Trial:

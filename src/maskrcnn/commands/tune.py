@@ -2,7 +2,8 @@
 
 Each trial trains the config with the trial's values for ``M`` minutes and is scored (and pruned
 early) on the validation mask AP; ``best.yaml`` and ``trials.md`` in ``--out`` hold the best config
-and one row per trial. ``--storage sqlite:///study.db`` (default: ``study.db`` in ``--out``) makes
+and one row per trial; ``history.png``, ``slices.png`` and ``importances.png`` plot the study.
+``--storage sqlite:///study.db`` (default: ``study.db`` in ``--out``) makes
 the search resumable (run the same command again) and shareable by several processes or machines.
 Needs Optuna: ``pip install 'maskrcnn[tune]'``. See :mod:`maskrcnn.tuning`.
 """
@@ -25,8 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "tune", help="search hyperparameters (Optuna): time-budgeted trials scored on validation mask AP",
         description="Train the config once per trial with values from a search space (learning rate, weight decay, "
                     "anchor scales, RoIs per image, augmentation, mask loss; --space to change it), each for "
-                    "--minutes-per-trial, pruning trials whose validation mask AP falls behind; writes best.yaml and "
-                    "trials.md to --out. Resumable and parallel through --storage.")
+                    "--minutes-per-trial, pruning trials whose validation mask AP falls behind; writes best.yaml, "
+                    "trials.md and plots of the study (history, slices, importances) to --out. Resumable and parallel "
+                    "through --storage.")
     p.add_argument("--config", "-c", required=True, help="base YAML config or preset name")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base config field (repeatable)")
@@ -79,4 +81,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"no trial completed; see {result.table}", file=sys.stderr)
         return 1
     print(f"best: trial {result.best_trial}, mask AP {result.best_value:.4f}; config: {result.best_yaml}")
+    if result.plots:
+        print("plots: " + ", ".join(str(p) for p in result.plots))
     return 0

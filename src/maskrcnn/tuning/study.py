@@ -5,8 +5,9 @@ Each trial is one :func:`maskrcnn.engine.train` run of the base config with the 
 ``validate_every`` epochs, and :class:`ReportToTrial` reports each validation's mask AP to the
 trial and ends the run when the pruner (Optuna's median pruner) says so. The trial's value is its
 best validation mask AP. After every trial ``best.yaml`` (the base config with the best trial's
-values; the base's own length and name) and ``trials.md`` (one row per trial) are rewritten in
-the output folder, so an interrupted search keeps what it found.
+values; the base's own length and name), ``trials.md`` (one row per trial) and the plots of the
+study (:mod:`.plots`: ``history.png``, ``slices.png``, ``importances.png``) are rewritten in the
+output folder, so an interrupted search keeps what it found.
 
 The study lives in ``--storage`` (default ``sqlite:///<out>/study.db``): running the same command
 again continues it up to ``trials`` finished trials; several processes or machines sharing one
@@ -26,6 +27,7 @@ from typing import Any
 from ..config import Config, ConfigError
 from ..engine.hooks import HookBase
 from ..errors import MaskRCNNError
+from .plots import write_study_plots
 from .space import Param, decode, encode, grid_of
 
 __all__ = ["tune", "TuneResult", "ReportToTrial", "SAMPLERS"]
@@ -57,7 +59,8 @@ class ReportToTrial(HookBase):
 
 @dataclass
 class TuneResult:
-    """What :func:`tune` found: the best trial's number, value (mask AP) and config, and the files written."""
+    """What :func:`tune` found: the best trial's number, value (mask AP) and config, and the files written
+    (``plots``: ``history.png``, ``slices.png`` and, when computable, ``importances.png``)."""
 
     best_trial: int | None
     best_value: float | None
@@ -65,6 +68,7 @@ class TuneResult:
     best_yaml: Path
     table: Path
     trials: int
+    plots: list[Path]
 
 
 def _sampler(name: str, space: list[Param], seed: int) -> Any:
@@ -172,7 +176,7 @@ def tune(base: Config, train_dataset: Any, val_dataset: Any, *, trials: int, min
 
 
 def _write_outputs(study: Any, base: Config, space: list[Param], grid: bool, out: Path) -> TuneResult:
-    """Rewrite ``best.yaml`` and ``trials.md`` from the study; the :class:`TuneResult`."""
+    """Rewrite ``best.yaml``, ``trials.md`` and the plots (:mod:`.plots`) from the study; the :class:`TuneResult`."""
     from optuna.trial import TrialState
 
     from ..utils.files import atomic_write_text
@@ -184,11 +188,12 @@ def _write_outputs(study: Any, base: Config, space: list[Param], grid: bool, out
     if best is not None:
         best_config = base.replace(**trial_values(best, space, grid))
         best_config.to_yaml(out / "best.yaml")
+    values = [trial_values(t, space, grid) for t in all_trials]
+    plots = write_study_plots(study, space, values, out)
     fields = [p.field for p in space]
     rows = ["| trial | state | mask AP | seconds | " + " | ".join(fields) + " |",
             "|---" * (4 + len(fields)) + "|"]
-    for t in all_trials:
-        vals = trial_values(t, space, grid)
+    for t, vals in zip(all_trials, values):
         ap = "" if t.value is None else f"{t.value:.4f}"
         cells = [str(t.number) + (" (best)" if best is not None and t.number == best.number else ""),
                  t.state.name.lower(), ap, str(t.user_attrs.get("seconds", ""))]
@@ -196,7 +201,7 @@ def _write_outputs(study: Any, base: Config, space: list[Param], grid: bool, out
         rows.append("| " + " | ".join(cells) + " |")
     atomic_write_text(out / "trials.md", "\n".join(rows) + "\n")
     return TuneResult(None if best is None else best.number, None if best is None else float(best.value), best_config,
-                      out / "best.yaml", out / "trials.md", len(all_trials))
+                      out / "best.yaml", out / "trials.md", len(all_trials), plots)
 
 
 def _cell(value: Any) -> str:
