@@ -1,0 +1,74 @@
+"""The peers of ``benchmarks/nuclei.py``: torchvision given our pipeline sees our samples at our size
+and normalisation; the YOLO-seg folder written for Ultralytics reads back as the same instances."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from maskrcnn import Config  # noqa: E402
+from maskrcnn.data.resize import plan_resize  # noqa: E402
+from maskrcnn.modeling.transform import normalize_input  # noqa: E402
+
+NUCLEI_LIKE = dict(name="n", num_classes=2, backbone="resnet18", image_resize_mode="crop", inference_resize_mode="pad64",
+                   image_min_dim=64, image_min_scale=2.0, image_normalization="per_image", invert_bright_images=True,
+                   rpn_anchor_scales=[8, 16, 32, 64, 128], train_rois_per_image=32, detection_max_instances=77,
+                   detection_nms_threshold=0.3)
+
+
+def test_torchvision_with_our_pipeline_keeps_our_size_settings_and_normalisation() -> None:
+    from peers_torchvision import build_tv_ours_pipeline, set_inference_size
+
+    cfg = Config(**NUCLEI_LIKE)
+    model = build_tv_ours_pipeline(cfg)
+    rh = model.roi_heads
+    assert (rh.detections_per_img, rh.nms_thresh, rh.fg_bg_sampler.batch_size_per_image) == (77, 0.3, 32)
+    assert [s[0] for s in model.rpn.anchor_generator.sizes] == [8, 16, 32, 64, 128]
+
+    g = torch.Generator().manual_seed(0)
+    bright = 0.6 + 0.4 * torch.rand(3, 64, 64, generator=g)  # a histology-like image: inverted, then standardised
+    model.train()
+    batch, _ = model.transform([bright], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                                           "masks": torch.zeros(0, 64, 64, dtype=torch.uint8)}])
+    assert batch.image_sizes == [(64, 64)]  # a training crop is not resized
+    expected = normalize_input(bright, torch.zeros(3), torch.ones(3), "per_image", True)
+    torch.testing.assert_close(batch.tensors[0, :, :64, :64], expected)
+    assert float(expected.mean(dim=(1, 2)).abs().max()) < 1e-5
+
+    model.eval()
+    for h, w in [(256, 320), (260, 347), (520, 696)]:  # inference: pad64's 2x, as our model detects
+        scale = set_inference_size(model, cfg, h, w)
+        info = plan_resize(h, w, "pad64", cfg.image_min_dim, cfg.image_max_dim, cfg.image_min_scale)
+        assert scale == info.scale == 2.0
+        batch, _ = model.transform([torch.rand(3, h, w, generator=g)])
+        (rh_, rw_), = batch.image_sizes
+        assert abs(rh_ - info.scaled_size[0]) <= 1 and abs(rw_ - info.scaled_size[1]) <= 1
+
+
+def test_yolo_seg_folder_reads_back_as_the_same_instances(tmp_path: Path) -> None:
+    pytest.importorskip("ultralytics")
+    from peers_yolo import write_yolo_dataset
+
+    from maskrcnn.data.formats import load_dataset
+    from maskrcnn.data.synthetic.shapes import ShapesDataset
+
+    train, val = ShapesDataset(2, 96, 128, seed=1), ShapesDataset(3, 96, 128, seed=2)
+    data, val_paths, dropped = write_yolo_dataset(train, val, tmp_path / "yolo")
+    assert dropped == 0 and sorted(val_paths) == [0, 1, 2] and all(p.is_file() for p in val_paths.values())
+    back = load_dataset(tmp_path / "yolo", split="val")
+    assert len(back.image_ids) == 3
+    for i in range(3):
+        ours, _ = val.load_mask(i)
+        theirs, class_ids = back.load_mask(int(back.image_ids[i]))
+        assert np.array_equal(back.load_image(int(back.image_ids[i])), val.load_image(i))
+        assert theirs.shape[2] == ours.shape[2] and set(class_ids.tolist()) == {1}
+        for k in range(ours.shape[2]):  # one polygon per mask, traced by Ultralytics' rule
+            inter = np.logical_and(ours[:, :, k], theirs[:, :, k]).sum()
+            union = np.logical_or(ours[:, :, k], theirs[:, :, k]).sum()
+            assert inter / union > 0.8
