@@ -1,5 +1,6 @@
 """The peers of ``benchmarks/nuclei.py``: torchvision given our pipeline sees our samples at our size
-and normalisation; the YOLO-seg folder written for Ultralytics reads back as the same instances."""
+and normalisation; the YOLO-seg folder written for Ultralytics reads back as the same instances; the
+package never imports Ultralytics (AGPL)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,26 @@ def test_yolo_seg_folder_reads_back_as_the_same_instances(tmp_path: Path) -> Non
             inter = np.logical_and(ours[:, :, k], theirs[:, :, k]).sum()
             union = np.logical_or(ours[:, :, k], theirs[:, :, k]).sum()
             assert inter / union > 0.8
+
+
+def _ultralytics_imports(path: Path) -> list[int]:
+    """Line numbers of the import statements of ``ultralytics`` (or a submodule) in ``path``."""
+    import ast
+
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        if any(n == "ultralytics" or n.startswith("ultralytics.") for n in names):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_package_never_imports_ultralytics() -> None:
+    """Ultralytics is AGPL-3.0: only the benchmark's YOLO peer may import it, never the package."""
+    import maskrcnn
+
+    package = Path(maskrcnn.__file__).resolve().parent
+    assert {str(p.relative_to(package)): n for p in package.rglob("*.py") if (n := _ultralytics_imports(p))} == {}
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "peers_yolo.py"
+    assert len(_ultralytics_imports(bench)) >= 2  # the check finds real imports (from ultralytics ..., ultralytics.utils ...)
