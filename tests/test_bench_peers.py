@@ -53,15 +53,25 @@ def test_torchvision_with_our_pipeline_keeps_our_size_settings_and_normalisation
 
 
 def test_yolo_seg_folder_reads_back_as_the_same_instances(tmp_path: Path) -> None:
-    pytest.importorskip("ultralytics")
-    from peers_yolo import write_yolo_dataset
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("ultralytics") is None:  # not importorskip: importing it here would patch PIL
+        pytest.skip("needs ultralytics (pip install 'maskrcnn[bench-peers]')")
 
     from maskrcnn.data.formats import load_dataset
     from maskrcnn.data.synthetic.shapes import ShapesDataset
 
-    train, val = ShapesDataset(2, 96, 128, seed=1), ShapesDataset(3, 96, 128, seed=2)
-    data, val_paths, dropped = write_yolo_dataset(train, val, tmp_path / "yolo")
-    assert dropped == 0 and sorted(val_paths) == [0, 1, 2] and all(p.is_file() for p in val_paths.values())
+    # written in a child process: importing ultralytics patches PIL's image opening for the whole process
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    script = (f"import sys; sys.path.insert(0, {str(bench)!r}); from pathlib import Path\n"
+              "from maskrcnn.data.synthetic.shapes import ShapesDataset\nfrom peers_yolo import write_yolo_dataset\n"
+              "data, paths, dropped = write_yolo_dataset(ShapesDataset(2, 96, 128, seed=1), ShapesDataset(3, 96, 128, seed=2), "
+              f"Path({str(tmp_path / 'yolo')!r}))\nprint(dropped, sorted(paths), all(p.is_file() for p in paths.values()))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == "0 [0, 1, 2] True"  # no mask left out; the val images' paths
+    val = ShapesDataset(3, 96, 128, seed=2)
     back = load_dataset(tmp_path / "yolo", split="val")
     assert len(back.image_ids) == 3
     for i in range(3):
