@@ -1,7 +1,9 @@
 """The Ultralytics YOLO segmentation peers of ``benchmarks/nuclei.py`` (``yolo11n-seg``, ``yolo26s-seg``, ...).
 
 Ultralytics is AGPL-3.0: a benchmark-only dependency (``pip install 'maskrcnn[bench-peers]'``),
-imported here and nowhere in ``src/``.
+imported here (inside :func:`run_yolo` and the writer, not at module import) and nowhere in
+``src/``. Importing it patches PIL's image opening for the whole process (a HEIF opener), so the
+benchmark reads its data before the first YOLO peer runs.
 
 * **Data**: the same train and val images written once to a temporary YOLO-seg folder
   (:func:`write_yolo_dataset`: PNG images, one polygon per nucleus from its mask by Ultralytics' own
