@@ -56,5 +56,5 @@ class MultiLevelRoIAlign:
                 continue
             out = roi_align(feat, rois[idx], self.output_size, spatial_scale=scale,
                             sampling_ratio=self.sampling_ratio, aligned=False)
-            result[idx] = out.to(result.dtype)
+            result.index_copy_(0, idx, out.to(result.dtype))  # not result[idx] = out: traced, it fixed a level's count
         return result
