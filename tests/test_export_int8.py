@@ -1,7 +1,9 @@
-"""``maskrcnn export --int8 --calibration DIR --validation DATA``: ONNX Runtime's static int8
-quantisation of the export, calibrated on a folder of images, and the accuracy it costs measured on
-a dataset. The dataset is made of the exact model's own detections, so the exact model scores mask
-AP 1.0 on it and the cost is what int8 changes."""
+"""``maskrcnn export [--format openvino] --int8 --calibration DIR --validation DATA``: ONNX
+Runtime's static int8 quantisation of the ONNX export (NNCF's of the OpenVINO one), calibrated on a
+folder of images, and the accuracy it costs measured on a dataset. The dataset is made of the exact
+model's own detections, so the exact model scores mask AP 1.0 on it and the cost is what int8
+changes. (On these random-weight models int8 moves detections, NNCF's far more than ONNX Runtime's;
+what it costs on trained models is measured by ``benchmarks/deploy.py --shapes-weights/--nuclei-weights``.)"""
 
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ def test_int8_export_is_quantised_and_records_its_cost(int8):
     assert q["calibration_images"] == 3 and q["ops"] == ["Conv", "MatMul", "Gemm"]
     v = q["validation"]
     assert v["exact_mask_AP"] == pytest.approx(1.0) and 0.0 <= v["int8_mask_AP"] <= 1.0
-    assert v["mask_AP_cost"] == pytest.approx(100 * (v["exact_mask_AP"] - v["int8_mask_AP"]))
+    for field in ("mask_AP", "mask_AP50", "box_AP"):
+        assert v[f"{field}_cost"] == pytest.approx(100 * (v[f"exact_{field}"] - v[f"int8_{field}"]))
     assert f"cost {v['mask_AP_cost']:.2f} points" in result.out
 
 
@@ -79,3 +82,56 @@ def test_evaluate_accepts_an_export(int8):
         assert r.code == 0, r.err
         report = json.loads((root / f"eval_{name}" / "report.json").read_text())
         assert report["coco"]["segm"]["AP"] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def ov_int8(int8):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    root = int8[0]
+    result = run_cli("export", "--weights", root / "tiny.safetensors", "--format", "openvino", "--out", root / "ov",
+                     "--int8", "--calibration", root / "data", "--validation", root / "data" / "gt.json")
+    return root / "ov" / "model.xml", result
+
+
+def test_openvino_int8_is_nncf_on_the_dense_layers_only(ov_int8):
+    """NNCF's FakeQuantize ops feed the convolutions and matmuls (backbone, FPN, heads) and nothing
+    else: the input transform, box decoding, NMS and RoIAlign stay fp32."""
+    import openvino as ov
+
+    xml, result = ov_int8
+    assert result.code == 0, result.err
+    assert "Statistics collection" not in result.out  # NNCF's progress bars go to stderr
+    model = ov.Core().read_model(str(xml))
+    fed = {t.get_node().get_type_name() for op in model.get_ops() if op.get_type_name() == "FakeQuantize"
+           for t in op.output(0).get_target_inputs()}
+    assert {"Convolution", "MatMul"} <= fed
+    assert not fed & {"ROIAlign", "NonMaxSuppression", "Add", "Multiply", "Subtract", "Divide", "Exp", "Gather",
+                      "TopK", "Concat", "Interpolate", "MaxPool", "Sigmoid", "SoftMax"}, fed
+    q = json.loads(xml.with_suffix(".json").read_text())["int8"]
+    assert q["method"].startswith("nncf ") and q["calibration_images"] == 3
+    assert q["ops"] == ["Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul"]
+
+
+def test_openvino_int8_validation_records_each_models_ap(ov_int8):
+    """``--validation``'s fields are the AP of evaluating the exact model and the int8 IR on the
+    dataset, and the costs their differences in points."""
+    import maskrcnn
+    from maskrcnn.evaluation import evaluate_model
+    from maskrcnn.data.formats import load_dataset
+
+    xml, result = ov_int8
+    assert result.code == 0, result.err
+    v = json.loads(xml.with_suffix(".json").read_text())["int8"]["validation"]
+    data = load_dataset(str(xml.parents[1] / "data" / "gt.json"))
+    assert v["images"] == 3
+    for key, model in (("exact", maskrcnn.load(xml.parents[1] / "tiny.safetensors", device="cpu", fast=False)),
+                       ("int8", maskrcnn.load(xml))):
+        coco = evaluate_model(model, data)["coco"]
+        assert v[f"{key}_mask_AP"] == pytest.approx(coco["segm"]["AP"], abs=1e-9)
+        assert v[f"{key}_mask_AP50"] == pytest.approx(coco["segm"]["AP50"], abs=1e-9)
+        assert v[f"{key}_box_AP"] == pytest.approx(coco["bbox"]["AP"], abs=1e-9)
+    assert v["exact_mask_AP"] == pytest.approx(1.0)
+    for field in ("mask_AP", "mask_AP50", "box_AP"):
+        assert v[f"{field}_cost"] == pytest.approx(100 * (v[f"exact_{field}"] - v[f"int8_{field}"]))
+    assert f"cost {v['mask_AP_cost']:.2f} points" in result.out and "mask AP50" in result.out

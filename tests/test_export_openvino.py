@@ -81,20 +81,3 @@ def test_cli_export_openvino_and_detect_match_the_checkpoint(tmp_path):
     (tmp_path / "ov" / "model.bin").unlink()
     assert_clean_error(run_cli("detect", images, "--weights", xml, "--out", tmp_path / "x"),
                        "model.bin", "missing", "export")
-
-
-def test_int8_openvino_export_runs_quantised(tmp_path):
-    """``--format openvino --int8``: ONNX Runtime's QDQ model converted to OpenVINO (FakeQuantize
-    ops: int8 on the CPU plugin); the most confident detection stays where the exact model puts it."""
-    import openvino as ov
-    from torchvision.ops import box_iou
-
-    model, ck, cal = checkpoint_and_photos(tmp_path)
-    r = run_cli("export", "--weights", ck, "--format", "openvino", "--int8", "--calibration", cal, "--out", tmp_path / "q")
-    assert r.code == 0, r.err
-    xml = tmp_path / "q" / "model.xml"
-    assert "FakeQuantize" in {op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ops()}
-    assert json.loads((tmp_path / "q" / "model.json").read_text())["int8"]["calibration_images"] == 3
-    a = Predictor(model).detect(photo(70, 90))[0]
-    b = maskrcnn.load(xml).detect(photo(70, 90))[0]
-    assert float(box_iou(torch.from_numpy(a.boxes[:1]), torch.from_numpy(b.boxes)).max()) > 0.9

@@ -6,8 +6,9 @@
 The graph and its contract: :mod:`maskrcnn.export.graph` and :mod:`maskrcnn.export.onnx`; run the
 result with ``maskrcnn detect --weights model.onnx`` (or ``model.xml``, ``model.tflite``) or ``maskrcnn.load(...)``.
 ``--int8`` writes the int8 model instead (:mod:`maskrcnn.export.quantize`, calibrated on
-``--calibration``); ``--validation`` then measures what it costs (mask and box AP of the exact
-model and of the int8 export, printed and stored in the sidecar's ``int8.validation``).
+``--calibration``: ONNX Runtime's static quantisation for ONNX, NNCF's for OpenVINO);
+``--validation`` then measures what it costs (:func:`int8_cost`: mask AP, mask AP50 and box AP of
+the exact model and of the int8 export, printed and stored in the sidecar's ``int8.validation``).
 ``--format tflite`` writes the dense parts at a fixed ``--imgsz`` and runs the rest in our runtime
 (:mod:`maskrcnn.export.tflite`); its ``--int8`` is dynamic-range (int8 weights, no calibration),
 and ``--validation`` compares it with the exact model at the same fixed size.
@@ -48,13 +49,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="tflite only: the fixed input side; every image is scaled to fit an S x S square "
                    "(a multiple of 32, default 512)")
     p.add_argument("--config", help="config YAML (default: the checkpoint's)")
-    p.add_argument("--int8", action="store_true", help="int8 post-training quantisation: ONNX Runtime static (needs "
-                   "--calibration) for onnx/openvino, dynamic-range int8 weights for tflite (no calibration)")
+    p.add_argument("--int8", action="store_true", help="int8 post-training quantisation: static, calibrated on "
+                   "--calibration, with ONNX Runtime for onnx and NNCF for openvino; dynamic-range int8 weights for "
+                   "tflite (no calibration)")
     p.add_argument("--calibration", help="with --int8: a folder of your images to calibrate on (a few hundred)")
     p.add_argument("--calibration-images", type=positive_int, default=300, metavar="N",
                    help="with --int8: calibrate on at most N images (default 300)")
     p.add_argument("--validation", help="with --int8: a dataset (COCO JSON, VIA, LabelMe, mask folder or YOLO) to "
-                   "measure what int8 costs: mask and box AP of the exact model and of the int8 export")
+                   "measure what int8 costs: mask AP, mask AP50 and box AP of the exact model and of the int8 export")
     p.add_argument("--validation-format", help="dataset format of --validation when detection is ambiguous")
     return p
 
@@ -127,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
         cost = int8_cost(predictor, model_path, dataset, args.validation)
         points = "n/a" if cost["mask_AP_cost"] is None else f"{cost['mask_AP_cost']:.2f}"
         print(f"int8 on {args.validation}: mask AP {_ap(cost['int8_mask_AP'])} (exact {_ap(cost['exact_mask_AP'])}, "
-              f"cost {points} points), box AP {_ap(cost['int8_box_AP'])} (exact {_ap(cost['exact_box_AP'])}); "
-              f"recorded in {side.name}")
+              f"cost {points} points), mask AP50 {_ap(cost['int8_mask_AP50'])} (exact {_ap(cost['exact_mask_AP50'])}), "
+              f"box AP {_ap(cost['int8_box_AP'])} (exact {_ap(cost['exact_box_AP'])}); recorded in {side.name}")
     return 0
 
 
@@ -148,20 +150,27 @@ def _check_tflite_converter() -> None:
             raise MaskRCNNError(f"--format tflite needs {package}; pip install 'maskrcnn[tflite]' (or {package})")
 
 
+#: What ``--validation`` records of each model: (field, COCO iou type, COCO key).
+COST_METRICS = (("mask_AP", "segm", "AP"), ("mask_AP50", "segm", "AP50"), ("box_AP", "bbox", "AP"))
+
+
 def int8_cost(exact: "Predictor", int8_model: Path, dataset: Any, name: str) -> dict[str, Any]:
-    """Mask and box AP of the exact model and of the int8 export on ``dataset``, and the difference
-    (in AP points, 0-100); also stored in the export's sidecar under ``int8.validation``."""
+    """Mask AP, mask AP50 and box AP (0-1) of the exact model (fp32, eager) and of the int8 export
+    on ``dataset`` (:func:`maskrcnn.evaluation.evaluate_model`), and what int8 costs
+    (``<metric>_cost``: exact minus int8, in AP points, 0-100); also stored in the export's sidecar
+    under ``int8.validation``."""
     from ..evaluation import evaluate_model
     from ..export.onnx import read_sidecar, update_sidecar
     from ..export.runtime import exported_predictor
 
     reports = {key: evaluate_model(p, dataset, model_name=key, data_name=name)
                for key, p in (("exact", exact), ("int8", exported_predictor(int8_model)))}
-    ap = {f"{key}_{t}_AP": (r.get("coco") or {}).get(iou, {}).get("AP")
-          for key, r in reports.items() for t, iou in (("mask", "segm"), ("box", "bbox"))}
-    cost = {"data": name, "images": len(dataset.image_ids), **ap,
-            "mask_AP_cost": None if None in (ap["exact_mask_AP"], ap["int8_mask_AP"])
-            else 100 * (ap["exact_mask_AP"] - ap["int8_mask_AP"])}
+    ap = {f"{key}_{field}": (r.get("coco") or {}).get(iou, {}).get(stat)
+          for key, r in reports.items() for field, iou, stat in COST_METRICS}
+    cost = {"data": name, "images": len(dataset.image_ids), **ap}
+    for field, _, _ in COST_METRICS:
+        a, b = ap[f"exact_{field}"], ap[f"int8_{field}"]
+        cost[f"{field}_cost"] = None if None in (a, b) else 100 * (a - b)
     _, meta = read_sidecar(int8_model)
     update_sidecar(int8_model, "int8", {**meta.get("int8", {}), "validation": cost})
     return cost

@@ -95,8 +95,10 @@ def export_model(model: MaskRCNN, out: str | os.PathLike[str], *, fmt: str = "on
     ``int8``: dynamic-range int8 weights, no calibration); ``opset`` and ``calibration`` do not apply.
 
     ``calibration`` (a folder of images): write the int8 model instead
-    (:func:`maskrcnn.export.quantize.quantize_int8`, calibrated on up to ``calibration_images`` of
-    them; unreadable ones go to ``on_skip(name, error)``); the sidecar's ``int8`` entry describes it.
+    (:func:`maskrcnn.export.quantize.quantize_int8` for ONNX,
+    :func:`~maskrcnn.export.quantize.quantize_openvino_int8` (NNCF) for OpenVINO), calibrated on up
+    to ``calibration_images`` of them (unreadable ones go to ``on_skip(name, error)``); the
+    sidecar's ``int8`` entry describes it.
     Raises :class:`~maskrcnn.config.ConfigError` when the config cannot be exported
     (:func:`~maskrcnn.export.graph.check_exportable`).
     """
@@ -127,14 +129,12 @@ def export_model(model: MaskRCNN, out: str | os.PathLike[str], *, fmt: str = "on
     meta = _meta(config, fmt, opset=opset)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        if calibration is not None:
-            from .quantize import quantize_int8
-
+        if calibration is None:
+            files = {out.name: data}
+        else:
             fp32 = _write_export(Path(tmp) / "fp32.onnx", {"fp32.onnx": data}, meta)[0]
-            data, meta["int8"] = quantize_int8(fp32, calibration, max_images=calibration_images, on_skip=on_skip)
-            onnx.checker.check_model(onnx.load_from_string(data))
-        files = {out.name: data}
-        if fmt == "openvino":
+            files = _int8(fp32, fmt, out.name, calibration, calibration_images, on_skip, meta)
+        if fmt == "openvino" and calibration is None:
             from .openvino import onnx_to_openvino
 
             files = onnx_to_openvino(data, Path(tmp), out.stem)
@@ -161,6 +161,25 @@ def _export_tflite(model: MaskRCNN, out: Path, imgsz: int, int8: bool) -> tuple[
                         "activations": "float32, quantised on the fly per run", "calibration": None}
     out.parent.mkdir(parents=True, exist_ok=True)
     return _write_export(out, {out.name: data}, meta)
+
+
+def _int8(fp32: Path, fmt: str, name: str, calibration: str | os.PathLike[str], calibration_images: int,
+          on_skip: Any, meta: dict[str, Any]) -> dict[str, bytes]:
+    """The files of the int8 export ``name`` of the fp32 ONNX export ``fp32`` (ONNX Runtime's
+    quantisation for ONNX, NNCF's for OpenVINO); sets ``meta["int8"]``."""
+    import onnx
+
+    if fmt == "openvino":
+        from .openvino import save_openvino
+        from .quantize import quantize_openvino_int8
+
+        model, meta["int8"] = quantize_openvino_int8(fp32, calibration, max_images=calibration_images, on_skip=on_skip)
+        return save_openvino(model, fp32.parent, Path(name).stem)
+    from .quantize import quantize_int8
+
+    data, meta["int8"] = quantize_int8(fp32, calibration, max_images=calibration_images, on_skip=on_skip)
+    onnx.checker.check_model(onnx.load_from_string(data))
+    return {name: data}
 
 
 def _write_export(out: Path, files: dict[str, bytes], meta: dict[str, Any]) -> tuple[Path, Path]:

@@ -2,16 +2,18 @@
 
 ``openvino.convert_model`` reads the ONNX model (every op of :mod:`maskrcnn.export.graph` has an
 OpenVINO counterpart: RoIAlign, NonMaxSuppression, TopK, NonZero, GatherElements, Einsum ...);
-weights stay fp32 (``compress_to_fp16=False``), dynamic axes stay dynamic. An int8 ONNX model
-(QDQ, :mod:`maskrcnn.export.quantize`) converts the same way and runs in int8 on OpenVINO's CPU
-plugin. :class:`maskrcnn.export.runtime.OpenVinoPredictor` runs the result.
+weights stay fp32 (``compress_to_fp16=False``), dynamic axes stay dynamic. The int8 IR is NNCF's
+quantisation of that model (:func:`maskrcnn.export.quantize.quantize_openvino_int8`: FakeQuantize
+ops, run in int8 by OpenVINO's CPU plugin), written by :func:`save_openvino`.
+:class:`maskrcnn.export.runtime.OpenVinoPredictor` runs the result.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-__all__ = ["onnx_to_openvino"]
+__all__ = ["onnx_to_openvino", "save_openvino"]
 
 
 def onnx_to_openvino(onnx_model: bytes, workdir: Path, stem: str = "model") -> dict[str, bytes]:
@@ -20,6 +22,13 @@ def onnx_to_openvino(onnx_model: bytes, workdir: Path, stem: str = "model") -> d
 
     src = workdir / "for_openvino.onnx"
     src.write_bytes(onnx_model)
+    return save_openvino(ov.convert_model(str(src)), workdir, stem)
+
+
+def save_openvino(model: Any, workdir: Path, stem: str = "model") -> dict[str, bytes]:
+    """``{"<stem>.xml": ..., "<stem>.bin": ...}`` of an ``openvino.Model`` (weights as they are: no fp16 compression)."""
+    import openvino as ov
+
     xml = workdir / f"{stem}.xml"
-    ov.save_model(ov.convert_model(str(src)), str(xml), compress_to_fp16=False)
+    ov.save_model(model, str(xml), compress_to_fp16=False)
     return {xml.name: xml.read_bytes(), xml.with_suffix(".bin").name: xml.with_suffix(".bin").read_bytes()}
