@@ -195,13 +195,18 @@ def test_a_tflite_without_the_interpreter_is_one_line(good, tmp_path, monkeypatc
     assert_one_line_error(exc, "model.tflite", "ai-edge-litert", "pip install")
 
 
-def test_calibration_folder_without_images_is_one_line(good, tmp_path):
+@pytest.mark.parametrize("fmt, name", [("onnx", "m.onnx"), ("openvino", "m.xml")])
+def test_calibration_folder_without_images_is_one_line(good, tmp_path, fmt, name):
+    if fmt == "openvino":
+        pytest.importorskip("openvino")
+        pytest.importorskip("nncf")
     empty = tmp_path / "cal"
     empty.mkdir()
     (empty / "notes.txt").write_text("no images here")
-    result = run_cli("export", "--weights", good["ck"], "--out", tmp_path / "m.onnx", "--int8", "--calibration", empty)
-    assert_clean_error(result, "--calibration", "cal", "no")
-    assert not (tmp_path / "m.onnx").exists()
+    result = run_cli("export", "--weights", good["ck"], "--format", fmt, "--out", tmp_path / name, "--int8",
+                     "--calibration", empty)
+    assert_clean_error(result, "--calibration", "cal", "no readable image", "folder")
+    assert not (tmp_path / name).exists()
 
 
 def test_export_of_an_exported_model_or_missing_weights(good, tmp_path):
