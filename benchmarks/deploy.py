@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import sys
 import tempfile
 import time
@@ -163,7 +164,9 @@ def trained_accuracy(name: str, weights: str, val: str, calibration_data: Any, c
         rows.append({"model": name, "variant": v, "images": len(ids), "calibration_images": len(cal_ids),
                      "mask_AP": (coco.get("segm") or {}).get("AP"), "mask_AP50": (coco.get("segm") or {}).get("AP50"),
                      "box_AP": (coco.get("bbox") or {}).get("AP"), "exact_dets": acc["reference"],
-                     "dets": acc["other"], "matched": acc["matched"], "box_iou": acc["box"] / n,
+                     "dets": acc["other"], "matched": acc["matched"],
+                     # nan when a detection's box has no area (box_iou 0/0): the mask IoU still holds
+                     "box_iou": None if math.isnan(acc["box"]) else acc["box"] / n,
                      "mask_iou": acc["mask"] / n})
         print(f"{name} {v}: {rows[-1]} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     exact = rows[0]
