@@ -12,7 +12,9 @@ input short side (``--sizes``) and batch size (``--batches``):
 * ``onnx-int8@0.5``: ONNX Runtime's static int8 quantisation of the ONNX export;
 * ``openvino-int8@0.5``: NNCF's int8 quantisation of the OpenVINO export (both calibrated on
   ``--calibration-images`` photos, or on images of ``--data`` when given);
-* ``tflite@0.5``: the TFLite export, when ``maskrcnn export`` can write one.
+* ``tflite@0.5``: the TFLite export (dense parts in LiteRT, the glue in our runtime) at a fixed
+  square side (:func:`tflite_size`: 512, or the model's ``image_max_dim`` when smaller), so its
+  input size differs from the other variants'.
 
 Variants whose package is missing (torchvision, onnxruntime, openvino, nncf) are skipped with a line
 saying so. Calls are interleaved (alternating order) after ``--warmup`` untimed calls; each row has
@@ -24,7 +26,7 @@ the first of ``--sizes``.
 
 Accuracy on trained models (``--shapes-weights W`` and/or ``--nuclei-weights W``; ``--accuracy-only``
 skips the latency grid): each variant of the model (exact, fast, ONNX Runtime fp32, OpenVINO fp32,
-ONNX Runtime int8, OpenVINO int8, TFLite when available; torchvision cannot hold our weights) is
+ONNX Runtime int8, OpenVINO int8, TFLite (at its fixed size) when installed; torchvision cannot hold our weights) is
 evaluated on the model's validation data (``--shapes-val``, default the demo's ``shapes:50``;
 ``--nuclei-val``, default ``../shared/data/nuclei/val``): COCO mask AP, mask AP50, box AP of the
 detections scored at 0.5, and the agreement with exact's detections above 0.5 (mean mask IoU of
@@ -96,8 +98,6 @@ def build_variants(spec: Any, base: Any, size: int | None, tmp: Path, calibratio
     input size when None), and the exports of ``base`` (written under ``tmp``; a variant whose
     package is missing goes to ``skips``), int8 ones calibrated on the images in ``calibration``."""
     import maskrcnn
-    from maskrcnn.commands.export import AVAILABLE
-    from maskrcnn.export.onnx import FORMATS as SUFFIXES
     from maskrcnn.export.onnx import export_model
 
     sized = {} if size is None else {"image_min_dim": size, **_max_dim(base.config, size)}
@@ -121,11 +121,19 @@ def build_variants(spec: Any, base: Any, size: int | None, tmp: Path, calibratio
     else:
         add("openvino", "model.xml", fmt="openvino")
         add("openvino-int8", "int8.xml", fmt="openvino", calibration=calibration)
-    if "tflite" in AVAILABLE and "tflite" in SUFFIXES:
-        add("tflite", f"model{SUFFIXES['tflite']}", fmt="tflite")
+    if miss := missing("litert_torch", "ai_edge_litert"):
+        skips.append(f"tflite: {', '.join(miss)} not installed (pip install 'maskrcnn[tflite]')")
     else:
-        skips.append("tflite: `maskrcnn export --format tflite` is not available in this version")
+        add("tflite", "model.tflite", fmt="tflite", imgsz=tflite_size(base.config))
     return out
+
+
+def tflite_size(config: Any) -> int:
+    """The TFLite export's fixed square side: the export's default (512), or the model's
+    ``image_max_dim`` (rounded up to a multiple of 32) when smaller (the 128 px shapes model)."""
+    from maskrcnn.export.onnx import TFLITE_IMGSZ
+
+    return min(TFLITE_IMGSZ, -(-config.image_max_dim // 32) * 32)
 
 
 def trained_accuracy(name: str, weights: str, val: str, calibration_data: Any, calibration_images: int, tmp: Path,
