@@ -48,8 +48,10 @@ def _one_line(exc: BaseException) -> str:
 def test_named_table_points_at_the_official_files():
     assert W.NAMED_WEIGHTS["coco"].file == "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
     assert W.NAMED_WEIGHTS["coco-v2"].file == "maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth"
-    for entry in W.NAMED_WEIGHTS.values():
-        assert entry.url == "https://download.pytorch.org/models/" + entry.file
+    for name, entry in W.NAMED_WEIGHTS.items():
+        official = ("https://github.com/matterport/Mask_RCNN/releases/download/v2.0/" if name == "matterport-coco"
+                    else "https://download.pytorch.org/models/")
+        assert entry.url == official + entry.file
     assert (W.NAMED_WEIGHTS["coco"].architecture, W.NAMED_WEIGHTS["coco-v2"].architecture) == ("v1", "v2")
     assert len(W.COCO_CLASSES) == 91 and W.COCO_CLASSES[1] == "person" and W.COCO_CLASSES[90] == "toothbrush"
 
