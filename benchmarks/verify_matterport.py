@@ -11,7 +11,9 @@ What it does
    Nothing of it is ever copied into this repository.
 3. Writes a small driver next to the outputs and runs it in that venv. Per backbone (``--backbones``,
    default resnet50 and resnet101) the driver builds ``MaskRCNN(mode="inference")`` with a small
-   config (square resize, IMAGE_MIN_DIM/MAX_DIM 256/320, NUM_CLASSES 8, DETECTION_MIN_CONFIDENCE 0.5),
+   config (square resize, IMAGE_MIN_DIM/MAX_DIM 256/320, NUM_CLASSES 8, DETECTION_MIN_CONFIDENCE 0.5;
+   ``--resize-mode pad64``, ``--num-classes``, ``--min-confidence`` change them; use another
+   ``--workdir`` per setting, the file names carry only the backbone),
    gives it seeded random weights that make it detect (below), saves them with
    ``keras_model.save_weights("random_<r50|r101>.h5")``, writes ``config_<tag>.json`` (the
    UPPER_CASE attributes set, and Matterport's ``to_dict()``) and runs ``model.detect`` on
@@ -209,7 +211,7 @@ def main():
     for backbone in args["backbones"]:
         tag = {"resnet50": "r50", "resnet101": "r101"}[backbone]
         user = dict(NAME="verify", BACKBONE=backbone, NUM_CLASSES=args["num_classes"], GPU_COUNT=1, IMAGES_PER_GPU=1,
-                    IMAGE_RESIZE_MODE="square", IMAGE_MIN_DIM=args["min_dim"], IMAGE_MAX_DIM=args["max_dim"],
+                    IMAGE_RESIZE_MODE=args["resize_mode"], IMAGE_MIN_DIM=args["min_dim"], IMAGE_MAX_DIM=args["max_dim"],
                     DETECTION_MIN_CONFIDENCE=args["min_confidence"])
         cfg = type("VerifyConfig", (Config,), dict(user))()
         model = modellib.MaskRCNN(mode="inference", config=cfg, model_dir=os.path.join(out, "logs"))
@@ -289,9 +291,9 @@ def main():
                          f"scores_{i}": r["scores"], f"masks_{i}": r["masks"].astype(bool),
                          f"detections_{i}": det[0], f"mrcnn_class_{i}": mclass[0], f"rpn_rois_{i}": rpn_rois[0],
                          f"molded_{i}": molded[0], f"window_{i}": windows[0]})
+            sc = r["scores"] if len(r["scores"]) else np.zeros(1)
             print(f"{backbone} {name} {img.shape}: {len(r['class_ids'])} detections, "
-                  f"scores {r['scores'].min() if len(r['scores']) else 0:.3f}..{r['scores'].max() if len(r['scores']) else 0:.3f}",
-                  flush=True)
+                  f"scores {sc.min():.3f}..{sc.max():.3f}", flush=True)
         dump["names"] = np.array(args["images"])
         np.savez_compressed(os.path.join(out, f"matterport_{tag}.npz"), **dump)
         if args.get("layout"):
@@ -316,7 +318,9 @@ def write_layout(h5, path):
     import tf_keras
     lines = [LAYOUT_HEADER.rstrip("\n") % tf_keras.__version__]
     with h5py.File(h5, "r") as f:
-        lines.append(f"file attrs: { {k: (v.decode() if isinstance(v, bytes) else (v[:6].tolist() if hasattr(v, 'tolist') and getattr(v, 'ndim', 0) else v)) for k, v in f.attrs.items()} }")
+        shown = {k: (v.decode() if isinstance(v, bytes) else v[:6].tolist() if getattr(v, "ndim", 0) else v)
+                 for k, v in f.attrs.items()}
+        lines.append(f"file attrs (first 6 of a list): {shown}")
         for lname in [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]:
             g = f[lname]
             wn = [n.decode() if isinstance(n, bytes) else n for n in g.attrs["weight_names"]]
@@ -336,7 +340,8 @@ def run_matterport(py: Path, matterport_src: Path, out: Path, opts: argparse.Nam
     driver.write_text(DRIVER)
     cfg = {"matterport_src": str(matterport_src), "out": str(out), "backbones": opts.backbones,
            "images": opts.images, "num_classes": opts.num_classes, "min_dim": opts.min_dim, "max_dim": opts.max_dim,
-           "min_confidence": opts.min_confidence, "seed": opts.seed, "threads": opts.threads, "layout": True}
+           "min_confidence": opts.min_confidence, "resize_mode": opts.resize_mode, "seed": opts.seed,
+           "threads": opts.threads, "layout": True}
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
                TF_ENABLE_ONEDNN_OPTS="0", OMP_NUM_THREADS=str(opts.threads), PYTHONPATH="")
     _run([str(py), str(driver), json.dumps(cfg)], env=env)
@@ -393,7 +398,7 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def compare_image(ref: dict[str, np.ndarray], ours: dict[str, np.ndarray], threshold: float = 0.0) -> dict[str, Any]:
     """Match each Matterport detection (in score order) to the unused one of ours of the same class
-    with the highest box IoU (> 0.5); report the worst differences over the matched pairs, and the
+    with the highest box IoU (> 0.5, ties to the closest score); report the worst differences over the matched pairs, and the
     unmatched detections of each side (``at_threshold``: its score is within ``SCORE_TOL`` of the
     confidence ``threshold``, so a rounding difference may legitimately keep it on one side only)."""
     rb, ob = ref["rois"].astype(np.float64), ours["rois"].astype(np.float64)
@@ -401,10 +406,12 @@ def compare_image(ref: dict[str, np.ndarray], ours: dict[str, np.ndarray], thres
     used: set[int] = set()
     pairs = []
     for i in np.argsort(-ref["scores"], kind="stable"):
-        cand = [(iou[i, j], j) for j in range(len(ob)) if j not in used and ours["class_ids"][j] == ref["class_ids"][i]]
-        cand = [c for c in cand if c[0] > 0.5]
+        # ties in IoU (boxes clipped to a zero-height line at the window's edge round to the same
+        # 1-pixel box) go to the closest score
+        cand = [(iou[i, j], -abs(float(ref["scores"][i]) - float(ours["scores"][j])), -j) for j in range(len(ob))
+                if j not in used and ours["class_ids"][j] == ref["class_ids"][i] and iou[i, j] > 0.5]
         if cand:
-            j = max(cand)[1]
+            j = -max(cand)[2]
             used.add(j)
             pairs.append((int(i), j))
     box_d, score_d, mask_iou, worst = [], [], [], []
@@ -456,7 +463,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--source", help="local clone or bare git dir of akTwelve/Mask_RCNN (default: git clone " + URL + ")")
+    ap.add_argument("--source", help=f"local clone or bare git dir of akTwelve/Mask_RCNN (default: git clone {URL})")
     ap.add_argument("--matterport-src", type=Path, default=HERE / ".matterport_src",
                     help="where Matterport's mrcnn/ is put (git-ignored)")
     ap.add_argument("--venv", type=Path, default=HERE / ".matterport_venv", help="the TensorFlow venv (git-ignored)")
@@ -471,14 +478,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-classes", type=int, default=8)
     ap.add_argument("--min-dim", type=int, default=256)
     ap.add_argument("--max-dim", type=int, default=320, help="a multiple of 64")
-    ap.add_argument("--min-confidence", type=float, default=0.5)
+    ap.add_argument("--min-confidence", type=float, default=0.5, help="DETECTION_MIN_CONFIDENCE")
+    ap.add_argument("--resize-mode", choices=["square", "pad64"], default="square", help="IMAGE_RESIZE_MODE")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     ap.add_argument("--skip-matterport", action="store_true", help="reuse the files in --workdir")
     ap.add_argument("--json", type=Path, help="write the report here")
     opts = ap.parse_args(argv)
-    if opts.max_dim % 64:
-        ap.error("--max-dim must be a multiple of 64 (Matterport's network needs it)")
+    if opts.max_dim % 64 or (opts.resize_mode == "pad64" and opts.min_dim % 64):
+        ap.error("--max-dim (and --min-dim with pad64) must be a multiple of 64 (Matterport's network needs it)")
 
     report: dict[str, Any] = {"tolerances": {"box_px": BOX_TOL_PX, "score": SCORE_TOL, "mask_iou": MASK_IOU_MIN}}
     if not opts.skip_matterport:

@@ -94,3 +94,11 @@ def test_source_from_a_clone_or_a_bare_git_dir(tmp_path, bare):
     assert (dest / "mrcnn" / "model.py").read_text() == "MARK = 1\n"
     assert (dest / "LICENSE").exists() and not (dest / "big.bin").exists()
     assert vm.ensure_source(dest, "/nonexistent") == commit  # already there: the source is not read again
+
+
+def test_equal_boxes_are_matched_by_the_closest_score():
+    # two 1-pixel-high boxes at the window's edge (clipped to zero height, +1 when denormalised)
+    ref = dets([[0, 5, 1, 30], [0, 5, 1, 30]], [4, 4], [0.61, 0.60])
+    ours = dets([[0, 5, 1, 30], [0, 5, 1, 30]], [4, 4], [0.6000005, 0.6100004])
+    r = vm.compare_image(ref, ours)
+    assert r["matched"] == 2 and r["max_score_diff"] < 1e-5 and r["pass"]
