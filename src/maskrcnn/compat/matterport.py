@@ -157,7 +157,8 @@ def convert_matterport(obj: Any) -> tuple[dict[str, Any], list[str]]:
         limit = int(attrs["PRE_NMS_LIMIT"])
         values["pre_nms_limit_training"] = limit
         values["pre_nms_limit_inference"] = limit
-        notes.append(f"PRE_NMS_LIMIT={limit}: applied per FPN level here (Matterport: over all levels together)")
+        notes.append(f"PRE_NMS_LIMIT={limit}: applied per FPN level by our architectures (over all levels together, as "
+                     "Matterport, only by architecture: matterport, which runs its .h5 weights)")
 
     if attrs.get("LOSS_WEIGHTS") is not None:
         # Matterport's keys are "rpn_class_loss", ...; ours drop the "_loss"
