@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -61,7 +60,8 @@ from maskrcnn.data.dataset import Dataset
 from maskrcnn.engine.runtime import resolve_amp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_table  # noqa: E402
+from common import cpu_line, format_table  # noqa: E402
+from common import machine_info as common_machine_info  # noqa: E402
 from nuclei_common import COLUMNS, loadavg, make_row  # noqa: E402
 from peers_torchvision import run_tv_ours_pipeline, run_tv_recipe  # noqa: E402
 from peers_yolo import YOLO_IMGSZ, is_yolo, run_yolo  # noqa: E402
@@ -177,18 +177,8 @@ def _git_commit() -> str | None:
 
 
 def machine_info(threads: int) -> dict[str, Any]:
-    info: dict[str, Any] = {"threads": threads, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                            "python": platform.python_version(), "cpu": platform.processor() or platform.machine()}
-    with contextlib.suppress(Exception):
-        import torchvision
-
-        info["torchvision"] = torchvision.__version__
-    with contextlib.suppress(Exception):
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-    return info
+    """:func:`common.machine_info` on the CPU (model, flags, load average) plus the Python version."""
+    return {**common_machine_info(torch.device("cpu"), threads), "python": platform.python_version()}
 
 
 # ============================================================================== main
@@ -278,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "sets": a.sets, **row}) + "\n")
 
     print()
+    print(cpu_line())
     print(format_table(rows, COLUMNS))
     out = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

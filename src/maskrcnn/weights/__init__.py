@@ -56,7 +56,8 @@ __all__ = [
     "save_checkpoint", "load_checkpoint", "is_checkpoint", "check_weights_file", "check_finite",
     "ResolvedWeights", "resolve_weights", "backbone_state_dict", "imagenet_name", "IMAGENET",
     "NamedWeights", "CLASS_DEPENDENT", "file_sha256", "expected_prefix", "adapt_conv1", "depth_from_keys",
-    "v1_frozen_bn_eps", "is_h5", "is_matterport", "local_path", "read_h5_weights", "load_h5_into", "model_from_weights", "weights_to_checkpoint",
+    "v1_frozen_bn_eps", "is_h5", "is_matterport", "local_path", "read_h5_weights", "load_h5_into",
+    "model_from_weights", "weights_to_checkpoint",
 ]
 
 
