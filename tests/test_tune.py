@@ -17,7 +17,7 @@ from maskrcnn import Config  # noqa: E402
 from maskrcnn.cli import main  # noqa: E402
 from maskrcnn.tuning import ReportToTrial, default_space, read_space  # noqa: E402
 from maskrcnn.tuning.space import decode, encode, grid_of  # noqa: E402
-from maskrcnn.tuning.study import trial_values  # noqa: E402
+from maskrcnn.tuning.study import base_values, trial_values  # noqa: E402
 
 BASE = dict(name="tiny", num_classes=4, backbone="resnet18", backbone_width=8, fpn_channels=16, mask_head_channels=8,
             mask_head_convs=1, box_head_dim=32, image_min_dim=64, image_max_dim=64, rpn_anchor_scales=[8, 16, 32, 64, 128],
@@ -41,7 +41,7 @@ def test_two_trial_tune_on_shapes_writes_a_valid_config_and_resumes(tmp_path: Pa
     printed = capsys.readouterr()
 
     best = Config.from_yaml(out / "best.yaml")
-    assert 0.001 <= best.learning_rate <= 0.01 and best.learning_rate != BASE["learning_rate"]
+    assert 0.001 <= best.learning_rate <= 0.01
     assert best.mask_loss in ("bce", "bce+dice") and best.train_rois_per_image in (16, 32)
     # everything not searched is the base config's, including its name and length
     assert (best.name, best.backbone_width, best.weight_decay, best.max_train_minutes) == ("tiny", 8, 1e-4, None)
@@ -52,6 +52,11 @@ def test_two_trial_tune_on_shapes_writes_a_valid_config_and_resumes(tmp_path: Pa
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{(out / 'study.db').resolve()}")
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 2
+    # trial 0 is the base config (train_rois_per_image 16, bce, lr 0.003 lie in the space), trial 1 a sample
+    assert finished[0].params == {"learning_rate": 0.003, "mask_loss": "bce", "train_rois_per_image": 16}
+    assert finished[0].user_attrs["base"] is True and "base" not in finished[1].user_attrs
+    assert finished[1].params["learning_rate"] != 0.003
+    assert rows[0].startswith("| 0 (base)") and not rows[1].startswith("| 1 (base)")
     complete = [t for t in finished if t.state.name == "COMPLETE"]
     assert complete and all(0 <= t.value <= 1 for t in complete)
     assert max(t.value for t in complete) == pytest.approx(float(rows[[i for i, r in enumerate(rows) if "(best)" in r][0]].split("|")[3]), abs=1e-4)
@@ -154,6 +159,20 @@ def test_every_default_value_makes_a_valid_config_and_choices_round_trip() -> No
     assert grid_of(lr) == pytest.approx([0.00075, 0.003, 0.012])
     scales = next(p for p in space if p.field == "rpn_anchor_scales")
     assert [4, 8, 16, 32, 64] in [list(c) for c in scales.choices]
+
+
+def test_base_values_are_the_stored_values_the_space_holds_and_decode_back() -> None:
+    base = Config(**BASE)
+    space = default_space(base)
+    start = base_values(base, space)
+    # train_rois_per_image 16 is not among 64..512, so the sampler picks it; the rest is the base's
+    assert start == {"learning_rate": 0.003, "weight_decay": 1e-4, "rpn_anchor_scales": "[8.0, 16.0, 32.0, 64.0, 128.0]",
+                     "aug_hflip": 0.5, "aug_brightness": 0.0, "aug_contrast": 0.0, "aug_scale_jitter": "null",
+                     "mask_loss": "bce"}
+    by_field = {p.field: p for p in space}
+    assert base.replace(**{k: decode(by_field[k], v) for k, v in start.items()}) == base
+    lr_outside = base.replace(learning_rate=0.05)  # above 4x of the space's centre: left to the sampler
+    assert "learning_rate" not in base_values(lr_outside, default_space(base))
 
 
 @pytest.mark.parametrize("sampler", ["grid", "random", "tpe"])

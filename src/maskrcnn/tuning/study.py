@@ -4,7 +4,9 @@ Each trial is one :func:`maskrcnn.engine.train` run of the base config with the 
 (:mod:`.space`) and ``max_train_minutes = minutes_per_trial``; it validates every
 ``validate_every`` epochs, and :class:`ReportToTrial` reports each validation's mask AP to the
 trial and ends the run when the pruner (Optuna's median pruner) says so. The trial's value is its
-best validation mask AP. After every trial ``best.yaml`` (the base config with the best trial's
+best validation mask AP. Trial 0 of a new study (``tpe``, ``random``) is the base config for the
+fields whose values the space holds (:func:`base_values`), marked ``(base)`` in the table, so the
+study shows what the search won over it. After every trial ``best.yaml`` (the base config with the best trial's
 values; the base's own length and name), ``trials.md`` (one row per trial) and the plots of the
 study (:mod:`.plots`: ``history.png``, ``slices.png``, ``importances.png``) are rewritten in the
 output folder, so an interrupted search keeps what it found.
@@ -83,6 +85,22 @@ def _sampler(name: str, space: list[Param], seed: int) -> Any:
     raise ConfigError(f"--sampler {name}: use one of {', '.join(SAMPLERS)}")
 
 
+def base_values(base: Config, space: list[Param]) -> dict[str, Any]:
+    """The stored values (:func:`.space.encode`) of ``base``'s fields that lie in ``space``: a choice it
+    lists or a number within its range. Fields whose base value is outside the space are left out."""
+    out: dict[str, Any] = {}
+    for p in space:
+        value = getattr(base, p.field)
+        if isinstance(value, tuple):
+            value = list(value)
+        if p.kind == "choice":
+            if any(c == value for c in p.choices):
+                out[p.field] = encode(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and p.low <= value <= p.high:
+            out[p.field] = int(value) if p.kind == "int" else float(value)
+    return out
+
+
 def trial_values(trial: Any, space: list[Param], grid: bool) -> dict[str, Any]:
     """The config values of ``trial``: suggested now (a running trial) or as stored (a finished one)."""
     from optuna.trial import Trial
@@ -136,6 +154,11 @@ def tune(base: Config, train_dataset: Any, val_dataset: Any, *, trials: int, min
         study_name=study_name or base.name, storage=db, sampler=chosen, direction="maximize", load_if_exists=True,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=1 if trials <= 4 else 3, n_warmup_steps=0))
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    if not grid and not study.get_trials(deepcopy=False):
+        # trial 0 is the base config where the space holds its values, so the table shows what the search won
+        start = base_values(base, space)
+        if start:
+            study.enqueue_trial(start, user_attrs={"base": True}, skip_if_exists=True)
 
     def objective(trial: Any) -> float:
         values = trial_values(trial, space, grid)
@@ -195,7 +218,8 @@ def _write_outputs(study: Any, base: Config, space: list[Param], grid: bool, out
             "|---" * (4 + len(fields)) + "|"]
     for t, vals in zip(all_trials, values):
         ap = "" if t.value is None else f"{t.value:.4f}"
-        cells = [str(t.number) + (" (best)" if best is not None and t.number == best.number else ""),
+        cells = [str(t.number) + (" (base)" if t.user_attrs.get("base") else "")
+                 + (" (best)" if best is not None and t.number == best.number else ""),
                  t.state.name.lower(), ap, str(t.user_attrs.get("seconds", ""))]
         cells += [_cell(vals.get(f, "")) for f in fields]
         rows.append("| " + " | ".join(cells) + " |")
