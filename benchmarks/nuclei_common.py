@@ -76,6 +76,8 @@ def make_row(label: str, config: Config | None, n_params: int, steps: int, image
         "box_ap": float(bbox["AP"]),
         "box_ap50": float(bbox["AP50"]),
         "dsb": float(report["dsb_score"]),
+        "max_dets": segm.get("max_dets"),  # COCO's 100 per image; "capped": the val images with more nuclei
+        "capped": segm.get("capped"),
         "predictions": int(report["num_predictions"]),
         "last_loss": last_loss,
         "loadavg_before": load_before,

@@ -77,6 +77,7 @@ CASES: list[tuple[str, Callable[..., tuple[list[str], Path]], tuple[str, ...]]] 
     ("score_nan", lambda ws, t: (["--score", "nan"], _gt(ws, t, [(1, "cell")])), ("--score nan", "0 to 1")),
     ("batch_size_zero", lambda ws, t: (["--batch-size", "0"], _gt(ws, t, [(1, "cell")])), ("--batch-size", "at least 1")),
     ("max_images_zero", lambda ws, t: (["--max-images", "0"], _gt(ws, t, [(1, "cell")])), ("--max-images", "at least 1")),
+    ("max_dets_below_10", lambda ws, t: (["--max-dets", "5"], _gt(ws, t, [(1, "cell")])), ("--max-dets 5", "at least 10")),
     ("weights_unknown", lambda ws, t: (["--weights", str(t / "nope.safetensors")], _gt(ws, t, [(1, "cell")])),
      ("nope.safetensors", "not found")),
     ("weights_not_a_model", lambda ws, t: (["--weights", str((t / "w.pth", (t / "w.pth").write_text("hello"))[0])],

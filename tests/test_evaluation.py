@@ -3,7 +3,9 @@ VOC AP, the confusion matrix, the Evaluator end to end, plots and report files."
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 
 import numpy as np
@@ -32,7 +34,7 @@ from maskrcnn.evaluation import (
     rle_encode,
     write_report,
 )
-from maskrcnn.evaluation.coco import SUMMARY_KEYS, available_backends
+from maskrcnn.evaluation.coco import SUMMARY_KEYS, available_backends, prepare_ground_truth
 from maskrcnn.data.synthetic import synthetic_coco
 
 BACKENDS = ["pycocotools", "faster_coco_eval"]
@@ -108,6 +110,69 @@ def test_backends_agree(synthetic: tuple[dict, list[dict]]) -> None:
     for t in ("bbox", "segm"):
         np.testing.assert_allclose([a[t][k] for k in SUMMARY_KEYS], [b[t][k] for k in SUMMARY_KEYS], atol=1e-6)
         np.testing.assert_allclose(a[t]["precision"], b[t]["precision"], atol=1e-6)
+
+
+def _dense_image(n: int, second_image: int = 3) -> tuple[dict, list[dict]]:
+    """One image with ``n`` disjoint 6x6 boxes of one class (plus an image with a few), every box
+    predicted exactly, scores falling with the index."""
+    images = [{"id": 1, "height": 200, "width": 200}, {"id": 2, "height": 50, "width": 50}]
+    anns, res = [], []
+    for k in range(n):
+        box = [float(10 * (k % 20)), float(10 * (k // 20)), 6.0, 6.0]
+        anns.append({"image_id": 1, "category_id": 1, "bbox": box, "area": 36.0, "iscrowd": 0})
+        res.append({"image_id": 1, "category_id": 1, "bbox": box, "score": 1.0 - k / 1000})
+    for k in range(second_image):
+        box = [float(10 * k), 5.0, 6.0, 6.0]
+        anns.append({"image_id": 2, "category_id": 1, "bbox": box, "area": 36.0, "iscrowd": 0})
+        res.append({"image_id": 2, "category_id": 1, "bbox": box, "score": 0.5})
+    return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "cell"}]}, res
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dense_images_are_capped_at_100_and_max_dets_scores_them(backend: str) -> None:
+    _needs(backend)
+    gt, results = _dense_image(120)
+    capped = evaluate_coco(gt, results, ("bbox",), backend=backend)["bbox"]
+    # COCO scores the 100 best of image 1: 103 of 123 found with precision 1, recall 103/123 = 0.837,
+    # so the 101-point AP is the share of recall thresholds 0, 0.01, ..., 0.83 (84 of 101)
+    assert capped["max_dets"] == 100 and capped["AR100"] == pytest.approx(103 / 123)
+    assert capped["AP50"] == pytest.approx(84 / 101) and capped["AP"] == pytest.approx(84 / 101)
+    assert capped["capped"] == {"images": 1, "instances_over": 20, "most": 120, "image_id": 1}
+    full = evaluate_coco(gt, results, ("bbox",), backend=backend, max_dets=120)["bbox"]
+    assert (full["AP"], full["AP50"], full["AR100"], full["capped"]) == (pytest.approx(1.0), pytest.approx(1.0), 1.0, None)
+    assert full["AR10"] == capped["AR10"] and full["max_dets"] == 120
+    # pycocotools told the same maxDets gives the same numbers
+    coco_gt = COCO()
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt.dataset = prepare_ground_truth(gt)
+        coco_gt.createIndex()
+        ref = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), "bbox")
+        ref.params.maxDets = [1, 10, 110]
+        ref.evaluate()
+        ref.accumulate()
+        ref.summarize()
+    mid = evaluate_coco(gt, results, ("bbox",), backend=backend, max_dets=110)["bbox"]
+    # (its summarize() gives AP as -1 unless maxDets holds 100: it asks for AP at 100 by name)
+    np.testing.assert_allclose([mid[k] for k in ("AP50", "AP75", "AR1", "AR10", "AR100")], ref.stats[[1, 2, 6, 7, 8]], atol=1e-6)
+    assert mid["AP"] == mid["AP50"] == pytest.approx(92 / 101)  # 113 of 123 found: recall 0.919, thresholds 0..0.91
+
+
+def test_max_dets_in_the_table_the_evaluator_and_its_errors() -> None:
+    gt, results = _dense_image(130)
+    ev = Evaluator(gt, None, iou_types=("bbox",))
+    ev.add_results(results)
+    table = format_table(ev.evaluate())
+    assert "AR100" in table and "note: 1 image(s) have more ground truth of one class than the 100 detections" in table
+    assert "(most: 130, image 1; 30 instances cannot be found)" in table and "--max-dets 130 scores them all" in table
+    ev = Evaluator(gt, None, iou_types=("bbox",), max_dets=130)
+    ev.add_results(results)
+    report = ev.evaluate()
+    table = format_table(report)
+    assert "AR130" in table and "AR100" not in table and "note:" not in table
+    assert report["settings"]["max_dets"] == 130 and report["coco"]["bbox"]["AP"] == pytest.approx(1.0)
+    for bad in (5, 0, 2.5, True, "400"):
+        with pytest.raises(EvaluationError, match=r"max_dets: got .*; give a whole number >= 10"):
+            evaluate_coco(gt, results, ("bbox",), max_dets=bad)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--device")
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    p.add_argument("--max-dets", type=int, default=100, metavar="N",
+                   help="COCO detections scored per image and class (default 100, COCO's); raise it for images "
+                        "with more objects, which the output names (the model keeps detection_max_instances)")
     return p
 
 
@@ -38,6 +41,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--score {args.score}: must be a number from 0 to 1 (e.g. --score 0.5)")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.max_dets < 10:
+        raise ConfigError(f"--max-dets {args.max_dets}: must be at least 10 (COCO also reports recall at 1 and 10); "
+                          "the default is COCO's 100")
     if args.max_images is not None and args.max_images < 1:
         raise ConfigError(f"--max-images {args.max_images}: must be at least 1 (leave it out to evaluate every image)")
 
@@ -81,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         report = evaluate_model(predictor, dataset, batch_size=args.batch_size, score_threshold=args.score,
-                                max_images=args.max_images, progress=True, model_name=args.weights, data_name=args.data)
+                                max_images=args.max_images, progress=True, model_name=args.weights, data_name=args.data,
+                                max_dets=args.max_dets)
     except NothingEvaluated as exc:
         print_skipped(exc.skipped, None)
         raise

@@ -25,6 +25,13 @@ Differences from calling pycocotools directly, all on inputs where pycocotools f
 
 ``-1`` in any metric means "undefined" (no ground truth in that class / area range), as in
 pycocotools.
+
+Detections scored per image and class: COCO scores the ``max_dets`` = 100 best of each image
+and class (``COCOeval.params.maxDets = [1, 10, 100]``). Dense images (nuclei, cells, seeds) can
+hold more objects than that, and then recall and AP cannot reach 1 whatever the model does:
+``evaluate_coco`` reports such images (``capped``) and ``max_dets`` raises the limit
+(``maxDets = [1, 10, max_dets]``; the AP keys and ``AR100`` are then at ``max_dets``, as in
+Detectron2's ``max_dets_per_image``).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import contextlib
 import copy
 import io
 import warnings
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -43,9 +51,12 @@ from .common import EvaluationError, ann_to_rle
 
 __all__ = [
     "BACKENDS",
+    "COCO_MAX_DETS",
     "IOU_TYPES",
     "SUMMARY_KEYS",
     "available_backends",
+    "capped_images",
+    "capped_note",
     "evaluate_coco",
     "prepare_ground_truth",
     "resolve_backend",
@@ -53,6 +64,8 @@ __all__ = [
 
 IOU_TYPES = ("bbox", "segm")
 BACKENDS = ("auto", "pycocotools", "faster_coco_eval")
+#: COCO's detections scored per image and class (``COCOeval.params.maxDets[-1]``)
+COCO_MAX_DETS = 100
 # Preference order of "auto" (measured in benchmarks/eval_speed.py).
 _AUTO_ORDER = ("faster_coco_eval", "pycocotools")
 
@@ -154,6 +167,35 @@ def prepare_ground_truth(gt: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def capped_images(gt: dict[str, Any], max_dets: int) -> dict[str, Any] | None:
+    """The images with more non-crowd ground truth of one category than ``max_dets``: COCO scores
+    at most ``max_dets`` detections of each image and class, so their recall (and AP) cannot reach 1.
+
+    Returns ``None`` when there are none, else ``{"images": count, "instances_over": ground truth
+    beyond the limit in all, "most": the largest count (the limit that scores them all),
+    "image_id": its image}``.
+    """
+    counts: dict[tuple[Any, Any], int] = defaultdict(int)
+    for ann in gt["annotations"]:
+        if not ann.get("iscrowd", 0):
+            counts[(ann["image_id"], ann["category_id"])] += 1
+    over = {k: n for k, n in counts.items() if n > max_dets}
+    if not over:
+        return None
+    (image_id, _), most = max(over.items(), key=lambda kv: kv[1])
+    return {"images": len({k[0] for k in over}), "instances_over": sum(n - max_dets for n in over.values()),
+            "most": most, "image_id": image_id}
+
+
+def capped_note(capped: dict[str, Any] | None, max_dets: int, flag: str = "max_dets") -> str | None:
+    """One line on :func:`capped_images`' result for reports and logs (``None`` when nothing is capped)."""
+    if not capped:
+        return None
+    return (f"{capped['images']} image(s) have more ground truth of one class than the {max_dets} detections COCO scores "
+            f"per image (most: {capped['most']}, image {capped['image_id']}; {capped['instances_over']} instances "
+            f"cannot be found), so recall and AP cannot reach 1; {flag} {capped['most']} scores them all")
+
+
 def _category_names(categories: Sequence[dict[str, Any]]) -> dict[int, str]:
     """Category id -> name; duplicate names get their id appended so that keys stay unique."""
     counts: dict[str, int] = {}
@@ -206,7 +248,7 @@ def _prepare_results(
 
 
 # ---------------------------------------------------------------------------- run a backend
-def _run_pycocotools(gt: dict[str, Any], results: list[dict[str, Any]], iou_type: str) -> tuple[dict, Any]:
+def _run_pycocotools(gt: dict[str, Any], results: list[dict[str, Any]], iou_type: str, max_dets: int) -> tuple[dict, Any]:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -221,12 +263,13 @@ def _run_pycocotools(gt: dict[str, Any], results: list[dict[str, Any]], iou_type
             coco_dt.dataset = {"images": list(gt["images"]), "categories": copy.deepcopy(gt["categories"]), "annotations": []}
             coco_dt.createIndex()
         ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.params.maxDets = [1, 10, max_dets]
         ev.evaluate()
         ev.accumulate()
     return ev.eval, ev.params
 
 
-def _run_faster(gt: dict[str, Any], results: list[dict[str, Any]], iou_type: str) -> tuple[dict, Any]:
+def _run_faster(gt: dict[str, Any], results: list[dict[str, Any]], iou_type: str, max_dets: int) -> tuple[dict, Any]:
     from faster_coco_eval import COCO, COCOeval_faster
 
     def quiet(*_args: Any, **_kwargs: Any) -> None:
@@ -235,6 +278,7 @@ def _run_faster(gt: dict[str, Any], results: list[dict[str, Any]], iou_type: str
     coco_gt = COCO(dict(gt, annotations=[dict(a) for a in gt["annotations"]]), print_function=quiet)
     coco_dt = coco_gt.loadRes([dict(r) for r in results])
     ev = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=quiet)
+    ev.params.maxDets = [1, 10, max_dets]
     ev.evaluate()
     ev.accumulate()
     return ev.eval, ev.params
@@ -257,8 +301,8 @@ def _summarize(ev: dict[str, Any], params: Any, names: dict[int, str]) -> dict[s
     area_lbl = list(params.areaRngLbl)
     max_dets = list(params.maxDets)
     out: dict[str, Any] = {}
-    for key, is_ap, thr, area, mdet in _SUMMARY:
-        a, m = area_lbl.index(area), max_dets.index(mdet)
+    for key, is_ap, thr, area, mdet in _SUMMARY:  # the 100 of COCO's summary is the last maxDets
+        a, m = area_lbl.index(area), (len(max_dets) - 1 if mdet == COCO_MAX_DETS else max_dets.index(mdet))
         if is_ap:
             s = precision if thr is None else precision[np.where(thr == iou_thrs)[0]]
             out[key] = _mean_valid(s[:, :, :, a, m])
@@ -285,6 +329,7 @@ def evaluate_coco(
     results: Sequence[dict[str, Any]],
     iou_types: Sequence[str] = IOU_TYPES,
     backend: str = "auto",
+    max_dets: int = COCO_MAX_DETS,
 ) -> dict[str, dict[str, Any]]:
     """COCO metrics of ``results`` against ``gt``, per IoU type.
 
@@ -296,6 +341,7 @@ def evaluate_coco(
             Not modified.
         iou_types: any of ``"bbox"``, ``"segm"``.
         backend: ``"auto"``, ``"pycocotools"`` or ``"faster_coco_eval"``.
+        max_dets: detections scored per image and class (COCO: 100; at least 10).
 
     Returns:
         ``{iou_type: metrics}``; ``metrics`` has the floats ``AP, AP50, AP75, APs, APm, APl,
@@ -303,21 +349,28 @@ def evaluate_coco(
         ``per_class_AP`` and ``per_class_AP50`` (``{category name: float}``), ``category_ids``,
         ``category_names``, ``iou_thresholds`` [T=10], ``recall_thresholds`` [R=101],
         ``precision`` (ndarray ``[T, R, K]``: COCOeval's interpolated precision at area "all",
-        100 detections, K in ``category_ids`` order, -1 where a class has no ground truth),
-        ``recall`` (ndarray ``[T, K]``), ``num_results``, ``ignored_results`` and ``backend``.
+        ``max_dets`` detections, K in ``category_ids`` order, -1 where a class has no ground truth),
+        ``recall`` (ndarray ``[T, K]``), ``num_results``, ``ignored_results``, ``backend``,
+        ``max_dets`` (the AP keys and ``AR100`` are at this many detections) and ``capped``
+        (:func:`capped_images`: the images whose recall ``max_dets`` limits, or ``None``).
     """
     iou_types = tuple(iou_types)
     for t in iou_types:
         if t not in IOU_TYPES:
             raise EvaluationError(f"iou_types: unknown value {t!r}; use 'bbox' and/or 'segm'")
+    if isinstance(max_dets, bool) or not isinstance(max_dets, (int, np.integer)) or max_dets < 10:
+        raise EvaluationError(f"max_dets: got {max_dets!r}; give a whole number >= 10 (COCO scores 100 detections per "
+                              "image and also reports recall at 1 and 10)")
+    max_dets = int(max_dets)
     name = resolve_backend(backend)
     gt_prep = prepare_ground_truth(gt)
     res_prep, dropped = _prepare_results(results, gt_prep, iou_types)
     names = _category_names(gt_prep["categories"])
+    capped = capped_images(gt_prep, max_dets)
     out: dict[str, dict[str, Any]] = {}
     for iou_type in iou_types:
-        ev, params = _RUNNERS[name](gt_prep, res_prep, iou_type)
+        ev, params = _RUNNERS[name](gt_prep, res_prep, iou_type, max_dets)
         metrics = _summarize(ev, params, names)
-        metrics.update(num_results=len(res_prep), ignored_results=dropped, backend=name)
+        metrics.update(num_results=len(res_prep), ignored_results=dropped, backend=name, max_dets=max_dets, capped=capped)
         out[iou_type] = metrics
     return out

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .classes import ClassMatch, gt_categories, match_classes
-from .coco import IOU_TYPES, _category_names, evaluate_coco, prepare_ground_truth
+from .coco import COCO_MAX_DETS, IOU_TYPES, _category_names, evaluate_coco, prepare_ground_truth
 from .common import EvaluationError, ann_to_rle, decode_rle, masks_to_rles, rle_iou
 from .confusion import ConfusionMatrix
 from .dsb import dsb_score_from_iou
@@ -72,6 +72,7 @@ class Evaluator:
         iou_threshold: float = 0.5,
         backend: str = "auto",
         class_match: ClassMatch | None = None,
+        max_dets: int = COCO_MAX_DETS,
     ) -> None:
         """
         Args:
@@ -89,12 +90,15 @@ class Evaluator:
             class_match: instead of ``class_names``, a pairing already made (e.g. by
                 :func:`maskrcnn.evaluation.run.evaluate_model` against a dataset's own category
                 ids); its category keys must be the ground truth's category ids.
+            max_dets: COCO detections scored per image and class (100; raise it for images denser
+                than that, see :func:`maskrcnn.evaluation.coco.capped_images`).
         """
         self._gt = prepare_ground_truth(gt_coco)
         self.iou_types = tuple(iou_types)
         self.score_threshold = float(score_threshold)
         self.iou_threshold = float(iou_threshold)
         self.backend = backend
+        self.max_dets = max_dets
         self._images = {img["id"]: img for img in self._gt["images"]}
         self._anns: dict[Any, list[dict[str, Any]]] = defaultdict(list)
         for ann in self._gt["annotations"]:
@@ -209,8 +213,9 @@ class Evaluator:
             "num_predictions": len(results),
             "ignored_predictions": self._ignored,
             "class_names": [self._names[c] for c in self._cat_ids],
-            "settings": {"score_threshold": self.score_threshold, "iou_threshold": self.iou_threshold, "backend": self.backend},
-            "coco": evaluate_coco(self._gt, results, self.iou_types, self.backend),
+            "settings": {"score_threshold": self.score_threshold, "iou_threshold": self.iou_threshold, "backend": self.backend,
+                         "max_dets": self.max_dets},
+            "coco": evaluate_coco(self._gt, results, self.iou_types, self.backend, self.max_dets),
             "voc_map50": None,
             "dsb_score": None,
             "confusion_matrix": None,

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..utils.files import atomic_write_text
-from .coco import SUMMARY_KEYS
+from .coco import COCO_MAX_DETS, SUMMARY_KEYS, capped_note
 from .plots import plot_confusion_matrix, plot_pr_curves
 
 __all__ = ["format_table", "to_jsonable", "write_report"]
@@ -87,8 +87,10 @@ def format_table(report: dict[str, Any]) -> str:
     lines = []
     if types:
         lines.append(f"{'metric':<10}" + "".join(f"{t:>10}" for t in types))
+        max_dets = coco[types[0]].get("max_dets", COCO_MAX_DETS)
         for key in SUMMARY_KEYS:
-            lines.append(f"{key:<10}" + "".join(f"{_fmt(coco[t][key]):>10}" for t in types))
+            label = f"AR{max_dets}" if key == "AR100" else key
+            lines.append(f"{label:<10}" + "".join(f"{_fmt(coco[t][key]):>10}" for t in types))
         names = coco[types[0]].get("category_names", [])
         if names:
             width = max(10, *(len(n) + 2 for n in names))
@@ -101,4 +103,7 @@ def format_table(report: dict[str, Any]) -> str:
     if extra_lines:
         lines.append("")
         lines.extend(extra_lines)
+    note = capped_note(coco[types[0]].get("capped"), max_dets, "--max-dets") if types else None
+    if note:
+        lines.extend(["", "note: " + note])
     return "\n".join(lines)

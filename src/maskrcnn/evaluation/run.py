@@ -12,6 +12,7 @@ import torch
 from ..data.dataset import Dataset
 from ..errors import DataError
 from .classes import dataset_categories, match_classes, model_class_names
+from .coco import COCO_MAX_DETS
 from .common import EvaluationError
 from .evaluator import Evaluator
 
@@ -28,7 +29,8 @@ class NothingEvaluated(EvaluationError):
 
 def evaluate_model(model: Any, dataset: Dataset, *, batch_size: int = 2, score_threshold: float = 0.5,
                    max_images: int | None = None, progress: bool = False, device: str | torch.device | None = None,
-                   gt_coco: dict | None = None, model_name: str = "the model", data_name: str = "the dataset") -> dict[str, Any]:
+                   gt_coco: dict | None = None, model_name: str = "the model", data_name: str = "the dataset",
+                   max_dets: int = COCO_MAX_DETS) -> dict[str, Any]:
     """COCO box/mask AP (pycocotools-equal), VOC mAP@0.5, DSB score and confusion matrix of ``model`` on ``dataset``.
 
     ``model`` is a :class:`~maskrcnn.inference.predictor.Predictor` or a
@@ -44,6 +46,7 @@ def evaluate_model(model: Any, dataset: Dataset, *, batch_size: int = 2, score_t
     image is reported in ``report["skipped_images"]`` (``{"image", "error"}``) and counts as an
     image without predictions; when no image can be read, :class:`NothingEvaluated` is raised.
     ``gt_coco``: the ground truth when already built (``dataset_to_coco(dataset, ids)``, internal ids).
+    ``max_dets``: COCO detections scored per image and class (see :class:`Evaluator`).
     """
     from ..data.convert import dataset_to_coco
     from ..inference.predictor import Predictor
@@ -55,7 +58,7 @@ def evaluate_model(model: Any, dataset: Dataset, *, batch_size: int = 2, score_t
     match = match_classes(model_class_names(model), dataset_categories(dataset), model=model_name, data=data_name)
     predictor = model if isinstance(model, Predictor) else Predictor(model, device=device or next(model.parameters()).device)
     gt = gt_coco if gt_coco is not None else dataset_to_coco(dataset, ids)
-    evaluator = Evaluator(gt, None, score_threshold=score_threshold, class_match=match)
+    evaluator = Evaluator(gt, None, score_threshold=score_threshold, class_match=match, max_dets=max_dets)
     it = range(0, len(ids), batch_size)
     if progress:
         from tqdm import tqdm

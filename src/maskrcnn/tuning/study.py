@@ -101,6 +101,25 @@ def base_values(base: Config, space: list[Param]) -> dict[str, Any]:
     return out
 
 
+def _open_storage(url: str) -> Any:
+    """Optuna's RDB storage at ``url``; a one-line error naming ``--storage`` when it cannot be opened."""
+    from optuna.storages import RDBStorage
+
+    try:
+        return RDBStorage(url)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors for a bad URL, driver or database file
+        first = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise MaskRCNNError(f"--storage {url}: cannot open the study database ({first}); use e.g. "
+                            "sqlite:///study.db") from None
+
+
+def _enqueue_base(study: Any, base: Config, space: list[Param]) -> None:
+    """Make trial 0 of a new ``study`` the base config (:func:`base_values`), so the table shows what the search won."""
+    start = base_values(base, space)
+    if start and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(start, user_attrs={"base": True}, skip_if_exists=True)
+
+
 def trial_values(trial: Any, space: list[Param], grid: bool) -> dict[str, Any]:
     """The config values of ``trial``: suggested now (a running trial) or as stored (a finished one)."""
     from optuna.trial import Trial
@@ -131,7 +150,6 @@ def tune(base: Config, train_dataset: Any, val_dataset: Any, *, trials: int, min
             epochs fitted to the budget).
     """
     import optuna
-    from optuna.storages import RDBStorage
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
@@ -144,21 +162,12 @@ def tune(base: Config, train_dataset: Any, val_dataset: Any, *, trials: int, min
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     chosen = _sampler(sampler, space, base.seed)
-    try:
-        db = RDBStorage(url)
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors for a bad URL, driver or database file
-        first = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise MaskRCNNError(f"--storage {url}: cannot open the study database ({first}); use e.g. "
-                            "sqlite:///study.db") from None
     study = optuna.create_study(
-        study_name=study_name or base.name, storage=db, sampler=chosen, direction="maximize", load_if_exists=True,
+        study_name=study_name or base.name, storage=_open_storage(url), sampler=chosen, direction="maximize", load_if_exists=True,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=1 if trials <= 4 else 3, n_warmup_steps=0))
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
-    if not grid and not study.get_trials(deepcopy=False):
-        # trial 0 is the base config where the space holds its values, so the table shows what the search won
-        start = base_values(base, space)
-        if start:
-            study.enqueue_trial(start, user_attrs={"base": True}, skip_if_exists=True)
+    if not grid:
+        _enqueue_base(study, base, space)
 
     def objective(trial: Any) -> float:
         values = trial_values(trial, space, grid)
