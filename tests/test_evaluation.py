@@ -162,6 +162,8 @@ def test_max_dets_in_the_table_the_evaluator_and_its_errors() -> None:
     ev = Evaluator(gt, None, iou_types=("bbox",))
     ev.add_results(results)
     table = format_table(ev.evaluate())
+    # the COCO part alone at another limit, from the same predictions
+    assert ev.evaluate_coco(130)["bbox"]["AP"] == pytest.approx(1.0) and ev.evaluate_coco()["bbox"]["max_dets"] == 100
     assert "AR100" in table and "note: 1 image(s) have more ground truth of one class than the 100 detections" in table
     assert "(most: 130, image 1; 30 instances cannot be found)" in table and "--max-dets 130 scores them all" in table
     ev = Evaluator(gt, None, iou_types=("bbox",), max_dets=130)

@@ -204,6 +204,12 @@ class Evaluator:
         self.add(image_id, results)
 
     # ----------------------------------------------------------------------------- metrics
+    def evaluate_coco(self, max_dets: int | None = None) -> dict[str, dict[str, Any]]:
+        """The report's ``coco`` part alone (:func:`maskrcnn.evaluation.coco.evaluate_coco`), scoring
+        ``max_dets`` detections per image and class (default: the evaluator's ``max_dets``)."""
+        results = [r for lst in self._results.values() for r in lst]
+        return evaluate_coco(self._gt, results, self.iou_types, self.backend, max_dets or self.max_dets)
+
     def evaluate(self) -> dict[str, Any]:
         """Compute the report (see the module docstring); the evaluator can keep accumulating after."""
         results = [r for lst in self._results.values() for r in lst]
@@ -215,7 +221,7 @@ class Evaluator:
             "class_names": [self._names[c] for c in self._cat_ids],
             "settings": {"score_threshold": self.score_threshold, "iou_threshold": self.iou_threshold, "backend": self.backend,
                          "max_dets": self.max_dets},
-            "coco": evaluate_coco(self._gt, results, self.iou_types, self.backend, self.max_dets),
+            "coco": self.evaluate_coco(),
             "voc_map50": None,
             "dsb_score": None,
             "confusion_matrix": None,
