@@ -17,7 +17,7 @@ from maskrcnn import Config  # noqa: E402
 from maskrcnn.cli import main  # noqa: E402
 from maskrcnn.tuning import ReportToTrial, default_space, read_space  # noqa: E402
 from maskrcnn.tuning.space import decode, encode, grid_of  # noqa: E402
-from maskrcnn.tuning.study import base_values, trial_values  # noqa: E402
+from maskrcnn.tuning.study import base_values, make_pruner, trial_values  # noqa: E402
 
 BASE = dict(name="tiny", num_classes=4, backbone="resnet18", backbone_width=8, fpn_channels=16, mask_head_channels=8,
             mask_head_convs=1, box_head_dim=32, image_min_dim=64, image_max_dim=64, rpn_anchor_scales=[8, 16, 32, 64, 128],
@@ -128,6 +128,25 @@ class _Trial:
 
     def should_prune(self) -> bool:
         return len(self.reports) >= self.prune_after
+
+
+def test_pruner_spares_the_first_validation_and_prunes_from_the_second() -> None:
+    base = Config(**BASE, validate_every=5)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(base, trials=10))
+    for value in (0.40, 0.45, 0.50):  # three finished trials (the startup trials) reporting at epochs 5 and 10
+        trial = study.ask()
+        trial.report(value, step=5)
+        trial.report(value + 0.05, step=10)
+        study.tell(trial, value + 0.05)
+    low = study.ask()
+    low.report(0.10, step=5)
+    assert not low.should_prune()  # far below the median (0.45) at epoch 5, but the first validation never prunes
+    low.report(0.20, step=10)
+    assert low.should_prune()  # below the median (0.50) at epoch 10
+    good = study.ask()
+    good.report(0.10, step=5)
+    good.report(0.52, step=10)
+    assert not good.should_prune()
 
 
 def test_report_hook_reports_each_validation_and_stops_a_pruned_run() -> None:
