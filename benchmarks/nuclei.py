@@ -7,7 +7,8 @@ Trains each model, one after the other in one run, for ``--minutes`` of wall-clo
 ``train/`` (128 images, 5,659 nuclei) and evaluates on ``val/`` (32 images) with the same metric
 code (:class:`maskrcnn.evaluation.Evaluator`: COCO mask AP / AP50 / AP75, box AP, and the DSB 2018
 score on predictions with score >= 0.5; ``AP50 all``: mask AP50 scoring every nucleus, as COCO
-scores only 100 detections per image and two val images hold 101 and 151 nuclei). The models (``--only`` picks some, comma-separated):
+scores only 100 detections per image and two val images hold 101 and 151 nuclei). The models
+(``--only`` picks some, comma-separated):
 
 * ``ours``: this project's model and trainer (:func:`maskrcnn.engine.Trainer`) with the shipped
   ``nuclei`` preset (``maskrcnn/configs/nuclei.yaml``: ResNet-18 at half width, AdamW, per-image

@@ -175,6 +175,8 @@ def test_max_dets_in_the_table_the_evaluator_and_its_errors() -> None:
     for bad in (5, 0, 2.5, True, "400"):
         with pytest.raises(EvaluationError, match=r"max_dets: got .*; give a whole number >= 10"):
             evaluate_coco(gt, results, ("bbox",), max_dets=bad)
+        with pytest.raises(EvaluationError, match=r"max_dets: got .*; give a whole number >= 10"):
+            Evaluator(gt, None, iou_types=("bbox",), max_dets=bad)  # up front, before any prediction is added
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

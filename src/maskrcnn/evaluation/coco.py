@@ -57,6 +57,7 @@ __all__ = [
     "available_backends",
     "capped_images",
     "capped_note",
+    "check_max_dets",
     "evaluate_coco",
     "prepare_ground_truth",
     "resolve_backend",
@@ -165,6 +166,14 @@ def prepare_ground_truth(gt: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in gt.items() if k != "annotations"}
     out["annotations"] = anns
     return out
+
+
+def check_max_dets(max_dets: Any) -> int:
+    """``max_dets`` as an int, or a one-line :class:`EvaluationError` unless it is a whole number >= 10."""
+    if isinstance(max_dets, bool) or not isinstance(max_dets, (int, np.integer)) or max_dets < 10:
+        raise EvaluationError(f"max_dets: got {max_dets!r}; give a whole number >= 10 (COCO scores 100 detections per "
+                              "image and also reports recall at 1 and 10)")
+    return int(max_dets)
 
 
 def capped_images(gt: dict[str, Any], max_dets: int) -> dict[str, Any] | None:
@@ -358,10 +367,7 @@ def evaluate_coco(
     for t in iou_types:
         if t not in IOU_TYPES:
             raise EvaluationError(f"iou_types: unknown value {t!r}; use 'bbox' and/or 'segm'")
-    if isinstance(max_dets, bool) or not isinstance(max_dets, (int, np.integer)) or max_dets < 10:
-        raise EvaluationError(f"max_dets: got {max_dets!r}; give a whole number >= 10 (COCO scores 100 detections per "
-                              "image and also reports recall at 1 and 10)")
-    max_dets = int(max_dets)
+    max_dets = check_max_dets(max_dets)
     name = resolve_backend(backend)
     gt_prep = prepare_ground_truth(gt)
     res_prep, dropped = _prepare_results(results, gt_prep, iou_types)

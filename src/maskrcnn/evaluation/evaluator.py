@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .classes import ClassMatch, gt_categories, match_classes
-from .coco import COCO_MAX_DETS, IOU_TYPES, _category_names, evaluate_coco, prepare_ground_truth
+from .coco import COCO_MAX_DETS, IOU_TYPES, _category_names, check_max_dets, evaluate_coco, prepare_ground_truth
 from .common import EvaluationError, ann_to_rle, decode_rle, masks_to_rles, rle_iou
 from .confusion import ConfusionMatrix
 from .dsb import dsb_score_from_iou
@@ -98,7 +98,7 @@ class Evaluator:
         self.score_threshold = float(score_threshold)
         self.iou_threshold = float(iou_threshold)
         self.backend = backend
-        self.max_dets = max_dets
+        self.max_dets = check_max_dets(max_dets)  # a bad value fails here, not after every image is detected
         self._images = {img["id"]: img for img in self._gt["images"]}
         self._anns: dict[Any, list[dict[str, Any]]] = defaultdict(list)
         for ann in self._gt["annotations"]:
@@ -208,7 +208,7 @@ class Evaluator:
         """The report's ``coco`` part alone (:func:`maskrcnn.evaluation.coco.evaluate_coco`), scoring
         ``max_dets`` detections per image and class (default: the evaluator's ``max_dets``)."""
         results = [r for lst in self._results.values() for r in lst]
-        return evaluate_coco(self._gt, results, self.iou_types, self.backend, max_dets or self.max_dets)
+        return evaluate_coco(self._gt, results, self.iou_types, self.backend, self.max_dets if max_dets is None else max_dets)
 
     def evaluate(self) -> dict[str, Any]:
         """Compute the report (see the module docstring); the evaluator can keep accumulating after."""
