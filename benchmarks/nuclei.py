@@ -53,10 +53,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import maskrcnn  # noqa: F401  before torch: its OpenMP defaults (maskrcnn.OPENMP_DEFAULTS) apply to every model here
 import numpy as np
 import torch
 import yaml
-
 from maskrcnn.config import Config
 from maskrcnn.data.dataset import Dataset
 from maskrcnn.engine.runtime import resolve_amp

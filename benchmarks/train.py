@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import maskrcnn  # noqa: F401  before torch: its OpenMP defaults (maskrcnn.OPENMP_DEFAULTS) apply to every variant
+
 #: ``ours+bf16``: bf16 autocast with channels-last weights and activations (what ``amp: auto`` does on
 #: a CPU with native bf16, AVX512-BF16 or AMX, and on CUDA); emulated, and slow, on other CPUs.
 VARIANTS = ("torchvision", "ours", "ours+checkpointing", "ours+bf16")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import roi_align
+
+from .threaded_ops import roi_align
 
 __all__ = ["MultiLevelRoIAlign", "roi_levels"]
 
@@ -54,7 +55,6 @@ class MultiLevelRoIAlign:
             idx = torch.where(levels == level)[0]
             if idx.numel() == 0 and not tracing:
                 continue
-            out = roi_align(feat, rois[idx], self.output_size, spatial_scale=scale,
-                            sampling_ratio=self.sampling_ratio, aligned=False)
+            out = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio, False)  # CPU: threaded
             result.index_copy_(0, idx, out.to(result.dtype))  # not result[idx] = out: traced, it fixed a level's count
         return result

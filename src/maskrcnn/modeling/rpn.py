@@ -19,6 +19,7 @@ from .box_coder import BoxCoder, clip_boxes
 from .losses import box_regression_loss, weighted_losses
 from .matching import BELOW_LOW, BETWEEN, Matcher, sample_balanced
 from .regions import box_ignore_fraction
+from .threaded_ops import map_images
 
 __all__ = ["RPNHead", "RegionProposalNetwork"]
 
@@ -146,8 +147,9 @@ class RegionProposalNetwork(nn.Module):
         sel_deltas = reg[batch_idx, top_idx].reshape(-1, 4)
         boxes = self.box_coder.decode(sel_deltas, anchors[top_idx.reshape(-1)]).view(b, -1, 4)
         k_post = self.post_nms_top_n[self._mode()]
-        out = []
-        for bx, sc, size in zip(boxes, scores, image_sizes):
+
+        def one_image(args: tuple[Tensor, Tensor, tuple[int, int]]) -> Tensor:
+            bx, sc, size = args
             bx = clip_boxes(bx, size)
             ws, hs = bx[:, 2] - bx[:, 0], bx[:, 3] - bx[:, 1]
             keep = torch.where((ws >= self.min_size) & (hs >= self.min_size))[0]
@@ -155,8 +157,10 @@ class RegionProposalNetwork(nn.Module):
             keep = torch.where(s >= self.score_thresh)[0]
             bx, s, lv = bx[keep], s[keep], lv[keep]
             keep = batched_nms(bx, s, lv, self.nms_thresh)[:k_post]
-            out.append(bx[keep])
-        return out
+            return bx[keep]
+
+        # the images side by side on CPU threads: torchvision's NMS kernel runs on one core
+        return map_images(one_image, list(zip(boxes, scores, image_sizes)), boxes.device)
 
     # ------------------------------------------------------------------ training
     def label_anchors(self, anchors: Tensor, target: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,137 @@
+"""torchvision's single-threaded CPU kernels split over threads (maskrcnn.modeling.threaded_ops):
+same values as the plain calls, and the OpenMP default set by ``import maskrcnn``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torchvision.ops import roi_align as tv_roi_align
+
+from maskrcnn.modeling import threaded_ops
+from maskrcnn.modeling.poolers import MultiLevelRoIAlign
+
+
+@pytest.fixture
+def two_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+def _rois(n: int, batch: int = 2, size: float = 60.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(n, 2, generator=g) * size
+    wh = 2 + torch.rand(n, 2, generator=g) * 30
+    idx = torch.randint(0, batch, (n, 1), generator=g).float()
+    return torch.cat([idx, xy, xy + wh], 1)
+
+
+def test_threads_follow_torch_device_work_and_disabled(two_threads):
+    cpu = torch.device("cpu")
+    assert threaded_ops.threads_for(cpu, 100, 16) == 2
+    assert threaded_ops.threads_for(cpu, 20, 16) == 1  # too little work for two
+    assert threaded_ops.threads_for(torch.device("meta"), 100) == 1
+    with threaded_ops.disabled():
+        assert threaded_ops.threads_for(cpu, 100) == 1
+    assert threaded_ops.threads_for(cpu, 100) == 2
+    torch.set_num_threads(1)
+    assert threaded_ops.threads_for(cpu, 100) == 1
+
+
+@pytest.mark.parametrize("aligned,sampling", [(False, 2), (True, 0)])
+def test_roi_align_equals_torchvision_forward_exactly_and_backward_to_rounding(two_threads, aligned, sampling):
+    x = torch.randn(2, 8, 32, 40, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    rois = _rois(70)
+    w = torch.randn(70, 8, 7, 7, generator=torch.Generator().manual_seed(2))
+    ref = tv_roi_align(x, rois, (7, 7), 0.5, sampling, aligned)
+    (ref * w).sum().backward()
+    g_ref, x.grad = x.grad.clone(), None
+    out = threaded_ops.roi_align(x, rois, (7, 7), 0.5, sampling, aligned)
+    (out * w).sum().backward()
+    assert torch.equal(out, ref)  # every pooled value depends on its own RoI only
+    torch.testing.assert_close(x.grad, g_ref, rtol=1e-5, atol=1e-5)  # two partial sums added
+    assert x.grad.abs().sum() > 1  # the RoIs do reach the features
+
+
+def test_roi_align_gradient_is_the_derivative(two_threads):
+    x = torch.randn(2, 2, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    rois = _rois(40, size=8.0).double()
+    rois[:, 3:] = rois[:, 3:].clamp(max=11.0)
+
+    def f(t):
+        return threaded_ops.roi_align(t, rois, (3, 3), 1.0, 2, False)
+
+    assert threaded_ops.threads_for(x.device, 40, threaded_ops.MIN_ROIS_PER_THREAD) == 2
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-6)
+
+
+def test_roi_align_under_bf16_autocast_matches_torchvision(two_threads):
+    x = torch.randn(2, 8, 32, 32, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    rois = _rois(48)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = tv_roi_align(x, rois, (5, 5), 0.25, 2, False)
+        out = threaded_ops.roi_align(x, rois, (5, 5), 0.25, 2, False)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    assert torch.equal(out, ref)
+    out.float().sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.bfloat16 and x.grad.abs().sum() > 0
+
+
+def test_multilevel_pooler_same_with_and_without_threads(two_threads):
+    g = torch.Generator().manual_seed(5)
+    feats = [torch.randn(2, 4, 64 // s, 64 // s, generator=g) for s in (1, 2, 4, 8)]
+    boxes = [torch.tensor([[0.0, 0.0, 40.0, 40.0]] * 3 + [[4.0, 4.0, 250.0, 200.0]]).repeat(12, 1) * 0.25 * (i + 1)
+             for i in range(2)]
+    pooler = MultiLevelRoIAlign(7, 2, strides=(4, 8, 16, 32))
+    out = pooler(feats, boxes)
+    with threaded_ops.disabled():
+        ref = pooler(feats, boxes)
+    assert out.shape == (96, 4, 7, 7)
+    assert torch.equal(out, ref)
+
+
+def test_map_images_keeps_order_grad_and_autocast_modes(two_threads):
+    def probe(i: int):
+        return i * i, torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), threaded_ops.threads_for(
+            torch.device("cpu"), 100)
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = threaded_ops.map_images(probe, list(range(5)), torch.device("cpu"))
+    # the caller's modes reach the worker threads, which never split again
+    assert got == [(i * i, False, True, 1) for i in range(5)]
+    got = threaded_ops.map_images(probe, [3], torch.device("cpu"))  # one item: run here
+    assert got == [(9, True, False, 2)]
+
+
+def test_rpn_proposals_same_with_and_without_threads(two_threads):
+    from maskrcnn.config import Config
+    from maskrcnn.modeling import build_model
+
+    cfg = Config(num_classes=2, backbone="resnet18", backbone_width=8, fpn_channels=16, image_min_dim=64,
+                 image_max_dim=64, rpn_anchor_scales=[8, 16, 32, 64, 128])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        out = model(list(images))
+        with threaded_ops.disabled():
+            ref = model(list(images))
+    assert len(out) == 2
+    for a, b in zip(out, ref):
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+
+
+def test_import_sets_the_openmp_spin_default_unless_the_user_did():
+    code = "import os, maskrcnn, torch; print(os.environ.get('GOMP_SPINCOUNT'))"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "1000", out.stderr
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "5"}, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() == "5", out.stderr
