@@ -128,13 +128,18 @@ class _BudgetCallback:
     """Counts the batches (when they start: its own time stop may end a batch without the end
     callback) and their durations; stops the trainer when the next batch would not fit."""
 
-    def __init__(self, clock: TimeBudget) -> None:
-        self.clock = clock
+    def __init__(self, clock: TimeBudget, threads: int) -> None:
+        self.clock, self.threads = clock, threads
         self.batches = 0
         self.images = 0
         self._t0: float | None = None
 
     def train_start(self, trainer: Any) -> None:
+        import torch
+
+        # its device selection sets torch to cpu_count - 1 threads (1 on 2 cores): every model here
+        # trains with the benchmark's --threads
+        torch.set_num_threads(self.threads)
         self.clock.start()  # as the engine's budget: from the first step on, after the setup
 
     def batch_start(self, trainer: Any) -> None:
@@ -176,7 +181,7 @@ def run_yolo(name: str, config: Config, train_ds: Dataset, val_ds: Dataset, budg
     clock = TimeBudget(budget_s, max_steps=max_steps)
     model = YOLO(f"{name}.yaml", task="segment")
     n_params = sum(p.numel() for p in model.model.parameters())
-    budget_cb = _BudgetCallback(clock)
+    budget_cb = _BudgetCallback(clock, threads)
     model.add_callback("on_train_start", budget_cb.train_start)
     model.add_callback("on_train_batch_start", budget_cb.batch_start)
     model.add_callback("on_train_batch_end", budget_cb.batch_end)

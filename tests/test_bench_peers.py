@@ -106,3 +106,21 @@ def test_the_package_never_imports_ultralytics() -> None:
     assert {str(p.relative_to(package)): n for p in package.rglob("*.py") if (n := _ultralytics_imports(p))} == {}
     bench = Path(__file__).resolve().parents[1] / "benchmarks" / "peers_yolo.py"
     assert len(_ultralytics_imports(bench)) >= 2  # the check finds real imports (from ultralytics ..., ultralytics.utils ...)
+
+
+def test_yolo_trains_with_the_benchmark_threads_not_its_own() -> None:
+    """Ultralytics' device selection sets torch to cpu_count - 1 threads; the budget callback puts
+    back the benchmark's count when its training starts, and its clock starts then."""
+    from maskrcnn.engine.budget import TimeBudget
+    from peers_yolo import _BudgetCallback
+
+    old = torch.get_num_threads()
+    try:
+        clock = TimeBudget(60.0)
+        cb = _BudgetCallback(clock, threads=2)
+        torch.set_num_threads(1)  # what Ultralytics does on a 2-core machine
+        cb.train_start(None)
+        assert torch.get_num_threads() == 2
+        assert not clock.exhausted()
+    finally:
+        torch.set_num_threads(old)

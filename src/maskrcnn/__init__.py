@@ -7,7 +7,8 @@ import sys as _sys
 #: or ``import maskrcnn`` first); a value already in the environment is kept. torch's OpenMP
 #: threads spin-wait ~300,000 rounds after each parallel op by default, taking a core from the
 #: data-loader process and from the threads of :mod:`maskrcnn.modeling.threaded_ops`; a short spin
-#: made 11 % more training steps of the nuclei preset on 2 cores (docs/performance.md).
+#: made ~10 % more steps in the first minutes of the nuclei preset's training on 2 cores
+#: (docs/performance.md).
 OPENMP_DEFAULTS = {"GOMP_SPINCOUNT": "1000"}
 if "torch" not in _sys.modules:  # libgomp reads these once, when torch loads it
     for _k, _v in OPENMP_DEFAULTS.items():
