@@ -135,3 +135,20 @@ def test_import_sets_the_openmp_spin_default_unless_the_user_did():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "5"}, capture_output=True,
                          text=True, timeout=120)
     assert out.stdout.strip() == "5", out.stderr
+
+
+def test_one_pool_per_process_whatever_the_split():
+    """RoIAlign asks for up to torch's thread count, the RPN for one per image: the pool grows to
+    the largest request and is reused, not rebuilt (new threads) whenever the count changes."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        x = torch.randn(2, 4, 32, 32)
+        pool = threaded_ops._executor(4)
+        for _ in range(3):
+            assert threaded_ops.map_images(lambda i: i + 1, [0, 1], torch.device("cpu")) == [1, 2]  # 2 threads
+            out = threaded_ops.roi_align(x, _rois(64), (3, 3), 0.5, 2, False)  # 4 chunks
+            assert torch.equal(out, tv_roi_align(x, _rois(64), (3, 3), 0.5, 2, False))
+            assert threaded_ops._executor(2) is pool and threaded_ops._executor(4) is pool
+    finally:
+        torch.set_num_threads(old)

@@ -39,7 +39,8 @@ R = TypeVar("R")
 MIN_ROIS_PER_THREAD = 16  # below this, thread hand-off costs more than it saves
 _state = threading.local()
 _pool: ThreadPoolExecutor | None = None
-_pool_key: tuple[int, int] | None = None  # (pid, workers): a forked child or a new thread count gets a new pool
+_pool_size = 0
+_pool_pid = 0  # a forked child (a data-loader worker) gets its own pool: the parent's threads are not in it
 _pool_lock = threading.Lock()
 
 
@@ -63,12 +64,13 @@ def threads_for(device: torch.device, work: int, min_per_thread: int = 1) -> int
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
-    global _pool, _pool_key
-    key = (os.getpid(), workers)
+    """The process's one pool, with at least ``workers`` threads (it grows, never multiplies)."""
+    global _pool, _pool_size, _pool_pid
     with _pool_lock:
-        if _pool is None or _pool_key != key:
+        if _pool is None or _pool_pid != os.getpid() or _pool_size < workers:
+            # a replaced pool's threads exit once it is garbage-collected (after any map in progress)
             _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="maskrcnn-op")
-            _pool_key = key
+            _pool_size, _pool_pid = workers, os.getpid()
         return _pool
 
 
