@@ -37,7 +37,11 @@ Prints a table of the models (steps, images/s, seconds per step, train and evalu
 mask AP / AP50 / AP75, box AP, DSB score) and writes it with the settings, machine and load
 average to ``--json``. ``--set KEY=VALUE`` changes a preset field of ours (and of
 ``tv-ours-pipeline``, which copies the preset); ``--results FILE`` appends one JSON line per model
-(experiment logs). Checks: ``--minutes 0.3 --max-val 2`` or ``--steps N``.
+(experiment logs). ``--tta dihedral`` evaluates ours a second time with test-time views
+(``maskrcnn evaluate --tta``), a row of its own: same training, its own scores and evaluation time
+(Ultralytics' ``augment=True`` falls back to one pass for segmentation models, so the YOLO rows
+have none). With ``ema_decay`` in the config, ours' row also holds the scores of the raw training
+weights (``raw_weights``). Checks: ``--minutes 0.3 --max-val 2`` or ``--steps N``.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ import maskrcnn  # noqa: F401  before torch: its OpenMP defaults (maskrcnn.OPENM
 import numpy as np
 import torch
 import yaml
+from maskrcnn.commands.args import tta_views
 from maskrcnn.config import Config
 from maskrcnn.data.dataset import Dataset
 from maskrcnn.engine.runtime import resolve_amp
@@ -64,7 +69,7 @@ from maskrcnn.engine.runtime import resolve_amp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_line, format_table  # noqa: E402
 from common import machine_info as common_machine_info  # noqa: E402
-from nuclei_common import COLUMNS, Predictions, evaluate_predictions, loadavg, make_row  # noqa: E402
+from nuclei_common import COLUMNS, Predictions, evaluate_predictions, loadavg, make_row, report_metrics  # noqa: E402
 from peers_torchvision import run_tv_ours_pipeline, run_tv_recipe  # noqa: E402
 from peers_yolo import YOLO_IMGSZ, is_yolo, run_yolo  # noqa: E402
 
@@ -136,10 +141,10 @@ def load_split(root: Path, split: str) -> MemoryDataset:
 
 # ============================================================================== ours
 def run_ours(config: Config, train_ds: Dataset, val_ds: Dataset, budget_s: float, run_dir: Path,
-             label: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """Train with the engine exactly as ``maskrcnn train --minutes M`` does, then evaluate."""
+             label: str, log: Callable[[str], None], tta: list[str] | None = None) -> dict[str, Any]:
+    """Train with the engine exactly as ``maskrcnn train --minutes M`` does, then evaluate (and with
+    ``tta`` views again, as ``maskrcnn evaluate --tta``: ``row["tta"]``)."""
     from maskrcnn.engine import Trainer
-    from maskrcnn.inference.predictor import Predictor
     from maskrcnn.modeling import build_model
 
     # the budget decides the length (Config.max_train_minutes): many epochs, no validation between them
@@ -158,21 +163,59 @@ def run_ours(config: Config, train_ds: Dataset, val_ds: Dataset, budget_s: float
     last_loss = next((r["loss"] for r in reversed(records) if r.get("type") == "train"), None)
     images = result.global_step * config.images_per_gpu * config.grad_accumulation
 
-    model = trainer.module
+    model = trainer.module  # with ema_decay: the moving average of the weights, as the checkpoints
+    report, eval_s = _evaluate_model(model, val_ds)
+    row = make_row(label, config, n_params, result.global_step, images, trainer.budget.step_times, train_s, eval_s,
+                   report, len(train_ds.image_ids), load_before, load_after, last_loss)
+    if trainer.ema is not None:  # the raw training weights too (from the state file), to show what averaging did
+        from maskrcnn.engine.checkpoint import CheckpointManager
+        from maskrcnn.engine.state import training_weights
+
+        weights, tensors, _ = CheckpointManager(run_dir).load()
+        model.load_state_dict(training_weights(weights, tensors))
+        raw, _ = _evaluate_model(model, val_ds)
+        row["raw_weights"] = report_metrics(raw)
+        model.load_state_dict(weights)
+    if tta:
+        trained = model.config
+        model.config = trained.replace(tta_views=tta)  # what maskrcnn.load(..., tta_views=...) builds
+        try:
+            report, eval_s = _evaluate_model(model, val_ds)
+        finally:
+            model.config = trained
+        row["tta"] = {"views": list(tta), "eval_s": eval_s, **report_metrics(report)}
+    return row
+
+
+def _evaluate_model(model: torch.nn.Module, val_ds: Dataset) -> tuple[dict[str, Any], float]:
+    """:func:`evaluate_predictions` of our model (eval mode, the config's inference resize: pad64 for the preset)."""
+    from maskrcnn.inference.predictor import Predictor
+
     model.eval()
-    predictor = Predictor(model, device="cpu")  # crop-trained: detects per the config's inference_resize_mode (pad64)
+    predictor = Predictor(model, device="cpu")
 
     def predict(ids: list[int]) -> list[Predictions]:
         images = [predictor.to_array(val_ds.load_image(i)) for i in ids]
         return [(d.boxes, d.scores, d.class_ids, d.masks) for d in predictor.detect(images, batch_size=len(images))]
 
     with torch.no_grad():
-        report, eval_s = evaluate_predictions(val_ds, predict)
-    return make_row(label, config, n_params, result.global_step, images, trainer.budget.step_times, train_s, eval_s,
-                    report, len(train_ds.image_ids), load_before, load_after, last_loss)
+        return evaluate_predictions(val_ds, predict)
 
 
 # ============================================================================== report
+def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The table's rows: each model's, and after ours a row of its test-time augmented evaluation
+    (same training, the scores and evaluation time of ``row["tta"]``)."""
+    out = []
+    for row in rows:
+        out.append(row)
+        if row.get("tta"):
+            tta = row["tta"]
+            views = ",".join(tta["views"]) if len(tta["views"]) < 7 else "dihedral"
+            out.append({**row, **{k: v for k, v in tta.items() if k != "views"}, "name": f"{row['name']} +TTA {views}"})
+    return out
+
+
 def _git_commit() -> str | None:
     with contextlib.suppress(Exception):
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
@@ -212,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--yolo-imgsz", type=int, default=YOLO_IMGSZ, help="YOLO peers: image size (long side)")
     p.add_argument("--yolo-set", action="append", default=[], metavar="KEY=VALUE",
                    help="YOLO peers: another Ultralytics train argument (experiments; YAML value)")
+    p.add_argument("--tta", type=tta_views, default=None, metavar="VIEWS",
+                   help="ours: evaluate also with test-time views (as maskrcnn evaluate --tta: hflip, flips, dihedral "
+                        "or a comma list), a row of its own (Ultralytics has no test-time augmentation for segmentation)")
     p.add_argument("--tag", default="run")
     p.add_argument("--results", default=None, help="append one JSON line per model to this file")
     a = p.parse_args(argv)
@@ -260,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = config
             run_dir = Path(a.out) / f"{a.tag}_{name}_{time.strftime('%Y%m%d-%H%M%S')}"
-            row = run_ours(cfg, train_ds, val_ds, budget, run_dir, name, log)
+            row = run_ours(cfg, train_ds, val_ds, budget, run_dir, name, log, a.tta)
             row["config"] = {k: v for k, v in cfg.model_dump().items() if v != Config.model_fields[k].default}
             row["amp"] = str(resolve_amp(cfg.amp, torch.device("cpu"))[0])
         log(f"{name}: mask AP {row['mask_ap']:.4f}, AP50 {row['mask_ap50']:.4f}, DSB {row['dsb']:.4f}, "
@@ -274,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(cpu_line())
-    print(format_table(rows, COLUMNS))
+    print(format_table(table_rows(rows), COLUMNS))
     out = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "minutes_per_model": a.minutes,
@@ -285,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                  "val_images": len(val_ds.image_ids), "val_instances": val_ds.instance_count(), "read_s": data_s},
         "rows": rows,
     }
-    print(json.dumps({"rows": [{k: r[k] for k, _, _ in COLUMNS} for r in rows]}))
+    print(json.dumps({"rows": [{k: r[k] for k, _, _ in COLUMNS} for r in table_rows(rows)]}))
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0

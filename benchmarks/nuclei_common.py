@@ -14,7 +14,7 @@ import numpy as np
 from maskrcnn.config import Config
 from maskrcnn.data.dataset import Dataset
 
-__all__ = ["loadavg", "make_row", "evaluate_predictions", "COLUMNS"]
+__all__ = ["loadavg", "make_row", "report_metrics", "evaluate_predictions", "COLUMNS"]
 
 #: one image's predictions at its original size: boxes ``[N, 4]`` xyxy pixels, scores ``[N]``,
 #: class ids ``[N]`` (1 = nucleus) and bool masks ``[N, H, W]``
@@ -58,7 +58,6 @@ def make_row(label: str, config: Config | None, n_params: int, steps: int, image
              eval_s: float, report: dict[str, Any], n_train: int, load_before: Any, load_after: Any,
              last_loss: float | None) -> dict[str, Any]:
     """One model's result (the table's and the JSON's row)."""
-    segm, bbox = report["coco"]["segm"], report["coco"]["bbox"]
     model = None
     if config is not None:
         model = (f"ours {config.backbone}" + (f" w{config.backbone_width}" if config.backbone_width != 64 else "")
@@ -76,6 +75,17 @@ def make_row(label: str, config: Config | None, n_params: int, steps: int, image
         "median_s_per_step": statistics.median(times) if times else float("nan"),
         "images_per_s": images / max(train_s, 1e-9),
         "eval_s": eval_s,
+        **report_metrics(report),
+        "last_loss": last_loss,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+    }
+
+
+def report_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """The scores of an :func:`evaluate_predictions` report, as the row holds them."""
+    segm, bbox = report["coco"]["segm"], report["coco"]["bbox"]
+    return {
         "mask_ap": float(segm["AP"]),
         "mask_ap50": float(segm["AP50"]),
         "mask_ap_all": float(report["coco_all"]["segm"]["AP"]),  # every nucleus scored (ALL_DETS per image)
@@ -87,9 +97,6 @@ def make_row(label: str, config: Config | None, n_params: int, steps: int, image
         "max_dets": segm.get("max_dets"),  # COCO's 100 per image; "capped": the val images with more nuclei
         "capped": segm.get("capped"),
         "predictions": int(report["num_predictions"]),
-        "last_loss": last_loss,
-        "loadavg_before": load_before,
-        "loadavg_after": load_after,
     }
 
 

@@ -183,3 +183,23 @@ def test_tile_overlap_not_smaller_than_tile_is_an_error(workspace, tmp_path, cap
     _, ck, imgs, _ = workspace
     assert main(["detect", str(imgs), "--weights", str(ck), "--out", str(tmp_path / "o"), "--tile", "64"]) == 2
     assert "--tile-overlap 128" in _one_line_error(capsys)
+
+
+def test_tta_flag_detects_as_the_api_with_those_views(workspace, tmp_path, capsys):
+    """--tta flips: the Python API's result with tta_views [hflip, vflip, rot180], not the plain one;
+    a bad --tta is a one-line error naming the views."""
+    root, ck, imgs, photos = workspace
+    out = tmp_path / "out"
+    assert main(["detect", str(imgs / "coffee.png"), "--weights", str(ck), "--out", str(out), "--no-overlays",
+                 "--tta", "flips", "--score", "0.3", "--device", "cpu"]) == 0
+    results = json.loads((out / "detections.json").read_text())
+    fused = maskrcnn.load(ck, device="cpu", tta_views=["hflip", "vflip", "rot180"]).detect(imgs / "coffee.png", score_threshold=0.3)[0]
+    plain = maskrcnn.load(ck, device="cpu").detect(imgs / "coffee.png", score_threshold=0.3)[0]
+    assert len(results) == len(fused) > 0
+    np.testing.assert_allclose([r["score"] for r in results], fused.scores, atol=1e-6)
+    assert not (len(plain) == len(fused) and np.allclose(plain.scores, fused.scores))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["detect", str(imgs / "coffee.png"), "--weights", str(ck), "--out", str(out), "--tta", "rot45"])
+    err = capsys.readouterr().err
+    assert "--tta" in err and "rot45" in err and "dihedral" in err

@@ -27,7 +27,7 @@ from maskrcnn.compat.tfod.example import decode_example, encode_example  # noqa:
 from maskrcnn.compat.tfod.labelmap import parse_label_map  # noqa: E402
 from maskrcnn.compat.tfod.pipeline import config_from_pipeline  # noqa: E402
 from maskrcnn.compat.tfod.textformat import Identifier, parse  # noqa: E402
-from maskrcnn.config import Config  # noqa: E402
+from maskrcnn.config import Config, ConfigError  # noqa: E402
 from maskrcnn.data import rle  # noqa: E402
 from maskrcnn.data.formats import CocoDataset, detect_format, load_dataset  # noqa: E402
 
@@ -333,3 +333,22 @@ def test_crowd_objects_become_ignore_regions(tmp_path):
     anns = json.loads(out.read_text())["annotations"]
     assert [(a["category_id"], a["iscrowd"]) for a in anns] == [(1, 0), (3, 0), (2, 1)]
     assert np.array_equal(rle.decode(anns[2]["segmentation"]), masks[1])
+
+
+@pytest.mark.parametrize("decay, expected", [("0.999", 0.999), (None, 0.9999), ("1.5", "moving_average_decay")])
+def test_pipeline_moving_average_becomes_ema_decay(tmp_path, decay, expected):
+    """use_moving_average: true -> ema_decay (TF's default decay 0.9999); a decay outside (0, 1) is a one-line error."""
+    extra = "" if decay is None else f"\n    moving_average_decay: {decay}"
+    text = RESNET101_COSINE.replace("use_moving_average: false", "use_moving_average: true" + extra)
+    assert text != RESNET101_COSINE
+    p = tmp_path / "pipeline.config"
+    p.write_text(text)
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError) as info:
+            config_from_pipeline(p)
+        assert expected in str(info.value) and "(0, 1)" in str(info.value) and "pipeline.config" in str(info.value)
+        return
+    m = config_from_pipeline(p)
+    assert m.config.ema_decay == expected and m.config.ema_warmup_steps == 2000
+    assert any("ema_decay" in n for n in m.notes)
+    assert not any(path.endswith("moving_average_decay") or path.endswith("use_moving_average") for path, _, _ in m.unmapped)

@@ -155,6 +155,7 @@ class Config(BaseModel):
     detection_nms_threshold: float = _f(0.5, "Per-class NMS IoU threshold of detections.", "IoU", gt=0, le=1)
     detection_max_instances: int = _f(100, "Most detections returned per image.", "detections", ge=1)
     mask_threshold: float = _f(0.5, "Mask probability at or above which a pixel belongs to the instance.", "probability", ge=0, le=1)
+    tta_views: list[Literal["hflip", "vflip", "rot180", "transpose", "rot90", "rot270", "antitranspose"]] = _f([], "Test-time augmentation: also detect on these flips/rotations of each image, fuse the boxes (NMS clusters at detection_nms_threshold, score-weighted boxes, scores averaged over the views) and average the masks (modeling/tta.py); each view costs one more pass; [] detects once. PyTorch models only (not exported ones).", example=["hflip", "vflip", "rot180"])
     fast: bool = _f(False, "Fast inference (detect --fast, maskrcnn.load(fast=True)): BatchNorm folded into the convs and channels-last (NHWC) weights; the convs and linear layers (backbone, FPN, RPN and box/mask heads) run under autocast in fast_dtype: bf16 on a CPU with native bf16 (AVX512-BF16, AMX, ARM BF16) and on CUDA (fp16 on GPUs without bf16), fp32 on other CPUs (e.g. AVX2 only). Box decoding, NMS, RoIAlign coordinates, score thresholds and mask pasting stay fp32. Outputs are close to, not bit-equal with, exact mode.")
     fast_dtype: Literal["auto", "bf16", "fp16", "fp32"] = _f("auto", "Precision of fast mode's dense layers: auto (bf16 where the CPU or GPU has it natively, fp16 on GPUs without bf16, else fp32), bf16 (on any CPU: emulated where not native, slow but correct), fp16 (CUDA only), fp32.")
 
@@ -179,6 +180,8 @@ class Config(BaseModel):
     warmup_iters: int = _f(500, "Linear warmup length.", "steps", ge=0)
     warmup_factor: float = _f(0.001, "Learning rate multiplier at the first warmup step.", gt=0, le=1)
     gradient_clip_norm: float | None = _f(5.0, "Global gradient norm clip (Matterport GRADIENT_CLIP_NORM); None disables.", gt=0)
+    ema_decay: float | None = _f(None, "Exponential moving average of the weights (Polyak averaging, Ultralytics' ModelEMA, TF's use_moving_average): after every step the average moves towards the weights by 1 - decay; validation, checkpoints and the trained model hold the average (the raw weights stay in the state file for resume); e.g. 0.999 averages over ~1000 steps; None disables.", gt=0, lt=1, example=0.999)
+    ema_warmup_steps: int = _f(2000, "Ramp of the EMA decay: decay * (1 - exp(-step / ema_warmup_steps)), so early weights are not kept long (Ultralytics' tau); 0: no ramp.", "steps", ge=0)
     max_train_minutes: float | None = _f(None, "Wall-clock training budget: the schedule is fitted to the steps that fit and training ends when it is spent; None: all epochs.", "min", gt=0, example=30)
     grad_accumulation: int = _f(1, "Steps whose gradients are summed before an optimizer step.", "steps", ge=1)
     amp: Literal["none", "bf16", "fp16", "auto"] = _f("auto", "Mixed precision of training: auto = bf16 autocast with channels-last on a CPU with native bf16 (AVX512-BF16, AMX, ARM BF16) and on CUDA (fp16 with a grad scaler on GPUs without bf16), fp32 elsewhere (e.g. AVX2-only CPUs); bf16 (any CPU, emulated where not native) or fp16 (CUDA) forces it; none: fp32. Losses, RoIAlign and box coding stay fp32.")
@@ -546,6 +549,9 @@ def _first_error(c: Config) -> str | None:
     if c.mask_loss == "bce" and c.mask_dice_weight != 1.0:
         return (f"mask_dice_weight={c.mask_dice_weight} has no effect with mask_loss=bce; set mask_loss: bce+dice "
                 "(or dice), or remove mask_dice_weight")
+    option_problem = _option_problem(c)
+    if option_problem:
+        return option_problem
     if c.class_loss_weights is not None and len(c.class_loss_weights) != c.num_classes:
         return f"class_loss_weights has {len(c.class_loss_weights)} values; give one per class ({c.num_classes}, background first)"
     if c.lr_schedule == "step" and any(not 0 < s < 1 for s in c.lr_steps):
@@ -564,6 +570,16 @@ def _first_error(c: Config) -> str | None:
     if c.image_resize_mode == "crop" and c.inference_resize_mode is None:
         return ("inference_resize_mode: required with image_resize_mode=crop (random crops are for training only); "
                 "set inference_resize_mode: pad64 (the training scale on whole images) or square")
+    return None
+
+
+def _option_problem(c: Config) -> str | None:
+    """What is wrong with the weight average (``ema_*``) and test-time views (``tta_views``)."""
+    if len(set(c.tta_views)) != len(c.tta_views):
+        return f"tta_views={c.tta_views}: each view once, e.g. [hflip, vflip, rot180]"
+    if c.ema_decay is None and c.ema_warmup_steps != 2000:
+        return (f"ema_warmup_steps={c.ema_warmup_steps} has no effect without ema_decay; set ema_decay (e.g. 0.999) "
+                "or remove ema_warmup_steps")
     return None
 
 

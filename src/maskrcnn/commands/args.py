@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["probability", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "port"]
+__all__ = ["probability", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "port", "tta_views", "add_tta_argument", "tta_overrides"]
 
 
 def _number(text: str, kind: str, example: str) -> float:
@@ -61,3 +61,33 @@ positive_float = _checked("positive_float", _number, "a number above 0", "30", l
 non_negative_float = _checked("non_negative_float", _number, "a number, at least 0", "0.1", lambda v: v >= 0)
 #: A TCP port number from 1 to 65535.
 port = _checked("port", _integer, "a TCP port from 1 to 65535", "8000", lambda v: 1 <= v <= 65535)
+
+
+
+def tta_views(text: str) -> list[str]:
+    """``--tta``: a named set of views (``hflip``, ``flips``, ``dihedral``) or a comma list of views."""
+    from ..modeling.tta import TTA_PRESETS, TTA_VIEWS
+
+    if text in TTA_PRESETS:
+        return list(TTA_PRESETS[text])
+    views = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in views if v not in TTA_VIEWS]
+    if bad or not views or len(set(views)) != len(views):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use {', '.join(TTA_PRESETS)} (named sets) or a comma list of distinct views from "
+            f"{', '.join(TTA_VIEWS)}")
+    return views
+
+
+def add_tta_argument(p: argparse.ArgumentParser) -> None:
+    """``--tta VIEWS`` of ``detect`` and ``evaluate`` (:func:`tta_overrides` turns it into ``load()`` overrides)."""
+    p.add_argument("--tta", type=tta_views, metavar="VIEWS",
+                   help="test-time augmentation: also detect on these views of each image and fuse them: hflip, "
+                        "flips (hflip, vflip, rot180), dihedral (all 8 flips and rotations: microscopy, aerial images) "
+                        "or a comma list; one more pass per view")
+
+
+def tta_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``load()`` overrides of ``--tta``: ``tta_views``; none without it."""
+    views = getattr(args, "tta", None)
+    return {"tta_views": views} if views else {}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, MaskRCNNError
 from ..utils.files import atomic_write, atomic_write_json, ensure_output_dir
-from .args import non_negative_int, positive_int, probability
+from .args import add_tta_argument, non_negative_int, positive_int, probability, tta_overrides
 
 if TYPE_CHECKING:
     from ..inference.predictor import Predictor
@@ -43,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=2, help="images per forward pass (only images of one size are batched)")
     p.add_argument("--fast", action="store_true", help="fast mode: BatchNorm folded, channels-last, bf16 where the CPU "
                    "(AVX512-BF16/AMX) or GPU has it, fp32 elsewhere; close to, not equal with, exact mode (Config.fast)")
+    add_tta_argument(p)
     p.add_argument("--no-overlays", action="store_true", help="write only the JSON")
     p.add_argument("--tile", type=positive_int, metavar="PX", help="detect on overlapping PX x PX tiles and merge instances "
                    "across borders (images larger than the model input; no overlays)")
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise MaskRCNNError(f"--tile-overlap {args.tile_overlap}: must be >= 0 and smaller than --tile {args.tile}")
     paths = check_inputs(args.inputs)
     out = ensure_output_dir(args.out)
-    predictor = load(args.weights, config=args.config, device=args.device, fast=args.fast or None)
+    predictor = load(args.weights, config=args.config, device=args.device, fast=args.fast or None, **tta_overrides(args))
     if predictor.config.fast:
         print(f"mode: {predictor.mode}", file=sys.stderr)
     skips = _Skips()

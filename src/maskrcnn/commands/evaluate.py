@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .args import add_tta_argument, tta_overrides
+
 #: Skipped images listed on stderr; the rest are only in report.json.
 SHOW_SKIPPED = 20
 
@@ -27,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--score", type=float, default=0.5, help="score threshold of the DSB score and confusion matrix")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--device")
+    add_tta_argument(p)
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
     p.add_argument("--max-dets", type=int, default=100, metavar="N",
                    help="COCO detections scored per image and class (default 100, COCO's); raise it for images "
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     ensure_output_dir(args.out)
     dataset = load_dataset(args.data, format=args.format)
-    predictor = load(args.weights, config=args.config, device=args.device)
+    predictor = load(args.weights, config=args.config, device=args.device, **tta_overrides(args))
     out = Path(args.out)
     try:
         report = evaluate_model(predictor, dataset, batch_size=args.batch_size, score_threshold=args.score,

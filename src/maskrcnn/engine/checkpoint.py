@@ -36,6 +36,7 @@ from ..utils.files import atomic_write, atomic_write_text
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CONFIG_KEY",
+    "TRAIN_MODEL_PREFIX",
     "save_safetensors_atomic",
     "read_safetensors_header",
     "read_safetensors_metadata",
@@ -53,6 +54,8 @@ __all__ = [
 #: ``maskrcnn.load(run_dir / "best.safetensors")`` works.
 CHECKPOINT_FORMAT = "maskrcnn/1"
 CONFIG_KEY = "maskrcnn_config"
+#: state-file tensors of the raw training weights when the weights file holds their moving average (``ema_decay``)
+TRAIN_MODEL_PREFIX = "train_model/"
 
 
 # --------------------------------------------------------------------------- files

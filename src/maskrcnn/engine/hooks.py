@@ -6,6 +6,8 @@ callbacks). The trainer sets ``hook.trainer`` and calls every hook, in order, at
 ``after_train`` runs also when the run fails (``trainer.error`` is then set). Built-in hooks,
 in their order (:func:`default_hooks`):
 
+* :class:`EMAHook` (``Config.ema_decay``): after each step, move the moving average of the
+  weights (:mod:`.ema`), which validation and checkpoints then use;
 * :class:`TimeBudgetHook` (``Config.max_train_minutes``): after each step, record its time,
   re-fit the schedule to the steps that still fit, stop when none does (:mod:`.budget`);
 * :class:`MetricsLogger`: the run summary, progress bar, ``metrics.jsonl`` and TensorBoard
@@ -45,7 +47,7 @@ from .validation import better_result, validation_losses
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
 
-__all__ = ["HookBase", "Stop", "default_hooks", "TimeBudgetHook", "MetricsLogger", "ValidationHook",
+__all__ = ["HookBase", "Stop", "default_hooks", "EMAHook", "TimeBudgetHook", "MetricsLogger", "ValidationHook",
            "PeriodicCheckpoint", "SignalHandler", "ThreadTuning"]
 
 
@@ -100,6 +102,8 @@ class HookBase:
 def default_hooks(t: "Trainer") -> list[HookBase]:
     """The built-in hooks of a run, in calling order."""
     hooks: list[HookBase] = []
+    if t.ema is not None:
+        hooks.append(EMAHook())
     if t.budget is not None:
         hooks.append(TimeBudgetHook())
     hooks.append(MetricsLogger())
@@ -107,6 +111,18 @@ def default_hooks(t: "Trainer") -> list[HookBase]:
         hooks.append(ValidationHook())
     hooks += [PeriodicCheckpoint(), SignalHandler()]
     return hooks
+
+
+# ============================================================================ weight average
+
+
+class EMAHook(HookBase):
+    """Moves ``trainer.ema`` (:class:`~.ema.ModelEMA`) towards the weights after every optimizer
+    step, on every rank (the weights are the same on all, so are the averages)."""
+
+    def after_step(self) -> None:
+        t = self.trainer
+        t.ema.update(t.module)
 
 
 # ============================================================================ time budget
@@ -321,27 +337,31 @@ class ValidationHook(HookBase):
             run_state.save_best(t, record)
 
     def validate(self) -> dict[str, Any]:
-        """One validation of the current weights: the ``val`` record (also logged)."""
+        """One validation of the current weights (their moving average with ``ema_decay``): the ``val``
+        record (also logged)."""
         t, c, d = self.trainer, self.trainer.config, self.trainer.dist
         sampler = TrainingSampler(len(t.val_ds), seed=c.seed, shuffle=False, rank=d.rank, world_size=d.world_size)
         loader = build_loader(t.val_ds, t.val_collate, sampler, c.images_per_gpu, c.num_workers, c.seed,
                               pin_memory=t.device.type == "cuda")
         record: dict[str, Any] = {"type": "val", "epoch": t.current_epoch + 1, "step": t.global_step}
-        losses = validation_losses(t.module, loader, t.device, seed=c.seed, amp_dtype=t.amp_dtype)
+        module = t.eval_module
+        losses = validation_losses(module, loader, t.device, seed=c.seed, amp_dtype=t.amp_dtype)
         record[TOTAL] = losses.pop(TOTAL)
         record.update(losses)
         if t.evaluate_fn is not None:
             metrics = None
             if d.is_main:
-                t.module.eval()
+                module.eval()
                 try:
-                    metrics = {k: float(v) for k, v in (t.evaluate_fn(t.module, t.val_source) or {}).items()}
+                    metrics = {k: float(v) for k, v in (t.evaluate_fn(module, t.val_source) or {}).items()}
                 except Exception as exc:  # noqa: BLE001 - a failed evaluation must not end a long run
                     first = first_line(exc, "")
                     t.log.event("evaluation_failed", f"evaluation after epoch {t.current_epoch + 1} failed "
                                 f"({type(exc).__name__}: {first}); continuing with validation losses")
             record.update(du.broadcast_object(metrics) or {})  # type: ignore[arg-type]
         set_train_mode(t.model, c.train_bn)
+        if t.ema is not None:
+            t.ema.model.eval()
         summary = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("type", "epoch", "step"))
         t.log.info(f"validation after epoch {t.current_epoch + 1}: {summary}")
         t.log.log(record, step=t.global_step)

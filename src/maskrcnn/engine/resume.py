@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import MaskRCNNError
-from .checkpoint import CHECKPOINT_FORMAT, load_safetensors, read_safetensors_metadata
+from .checkpoint import CHECKPOINT_FORMAT, TRAIN_MODEL_PREFIX, load_safetensors, read_safetensors_metadata
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointManager
@@ -147,6 +147,11 @@ def _check_weights(weights: dict[str, torch.Tensor], meta: dict[str, str], path:
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise BadCheckpoint(path, f"not a training checkpoint of this package (format {meta.get('format')!r}, "
                             f"expected {CHECKPOINT_FORMAT!r})")
+    _check_fit(weights, path, expected)
+
+
+def _check_fit(weights: dict[str, torch.Tensor], path: Path, expected: dict[str, torch.Tensor] | None) -> None:
+    """``weights`` have the model's names and shapes (with ``expected``) and are finite."""
     if expected is not None:
         missing = sorted(set(expected) - set(weights))
         extra = sorted(set(weights) - set(expected))
@@ -212,6 +217,9 @@ def load_pair(manager: CheckpointManager, stem: str, model: torch.nn.Module | No
     if strict:
         expected = None if model is None else getattr(model, "module", model).state_dict()
         _check_weights(weights, wmeta, wpath, expected)
+        raw = {k[len(TRAIN_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(TRAIN_MODEL_PREFIX)}
+        if raw:  # the raw training weights beside their moving average (ema_decay)
+            _check_fit(raw, spath, expected)
         _check_state_tensors(tensors, state, spath, optimizer)
     return weights, tensors, state
 

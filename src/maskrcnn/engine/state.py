@@ -1,10 +1,12 @@
 """A run's saved state: what the trainer writes into a checkpoint pair and reads back on resume.
 
-The weights file holds the model (and the config YAML, readable by ``maskrcnn.load``); the state
-file holds the optimizer tensors and every rank's RNG states as tensors, and as JSON: the
+The weights file holds the model (and the config YAML, readable by ``maskrcnn.load``): with
+``ema_decay`` the moving average of the weights (:mod:`.ema`), whose raw training weights then go
+to the state file as ``train_model/<name>``. The state file holds the optimizer tensors and every
+rank's RNG states as tensors, and as JSON: the
 position (epoch, batch inside it, optimizer step), the batch layout, the optimizer's scalars,
 the scheduler, the grad scaler, the best validation result, the history, the skipped-sample
-count and the time budget (:mod:`.checkpoint` writes the pair atomically).
+count, the time budget and the EMA's update count (:mod:`.checkpoint` writes the pair atomically).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from ..errors import MaskRCNNError
 from . import distributed as du
-from .checkpoint import CONFIG_KEY, capture_rng, load_optimizer_state, model_state_tensors, optimizer_state, restore_rng
+from .checkpoint import CONFIG_KEY, TRAIN_MODEL_PREFIX, capture_rng, load_optimizer_state, model_state_tensors, optimizer_state, restore_rng
 from .guard import NonFiniteLossError
 from .resume import find_resume_point
 from .rundir import write_run_files
@@ -25,7 +27,8 @@ from .rundir import write_run_files
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
 
-__all__ = ["STATE_VERSION", "write_config", "state_json", "save", "save_best", "restore"]
+__all__ = ["STATE_VERSION", "TRAIN_MODEL_PREFIX", "write_config", "state_json", "save", "save_best", "restore",
+           "training_weights"]
 
 STATE_VERSION = 1
 
@@ -50,6 +53,7 @@ def state_json(t: "Trainer") -> dict[str, Any]:
         "optimizer": opt_meta, "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict(),
         "best": t.best, "skipped_samples": t.skipped, "history": t.history,
         "budget": None if t.budget is None else t.budget.state(),
+        "ema": None if t.ema is None else t.ema.state(),
     }
 
 
@@ -69,11 +73,13 @@ def save(t: "Trainer", stem: str) -> Path | None:
         state = state_json(t)
         state["rng"] = {}
         tensors = dict(opt_tensors)
+        if t.ema is not None:
+            tensors.update({TRAIN_MODEL_PREFIX + k: v for k, v in model_state_tensors(t.module).items()})
         for r, tens, meta in gathered:  # type: ignore[misc]
             tensors.update(tens)
             state["rng"][str(r)] = meta
         meta = {CONFIG_KEY: t.config.to_yaml(), "epoch": str(t.epoch), "global_step": str(t.global_step)}
-        path = t.ckpt.save(stem, model_state_tensors(t.module), meta, tensors, state)
+        path = t.ckpt.save(stem, model_state_tensors(t.eval_module), meta, tensors, state)
         t.last_checkpoint = path
     du.barrier()
     return path
@@ -85,7 +91,7 @@ def save_best(t: "Trainer", record: dict[str, Any]) -> None:
         return
     meta = {CONFIG_KEY: t.config.to_yaml(), "epoch": str(record["epoch"]), "global_step": str(t.global_step),
             "metric": t.best["metric"], "value": repr(t.best["value"])}
-    t.ckpt.save_best(model_state_tensors(t.module), meta)
+    t.ckpt.save_best(model_state_tensors(t.eval_module), meta)
 
 
 def restore(t: "Trainer") -> None:
@@ -96,7 +102,7 @@ def restore(t: "Trainer") -> None:
     weights, tensors, state, stem = point.weights, point.tensors, point.state, point.stem
     for note in point.notes(t.ckpt.weights_path(stem)) if t.dist.is_main else []:
         t.log.event("checkpoint_skipped", note)
-    t.module.load_state_dict(weights, strict=True)
+    _restore_weights(t, weights, tensors, state)
     fresh_lr = [g["initial_lr"] for g in t.optimizer.param_groups]
     try:
         load_optimizer_state(t.optimizer, tensors, state["optimizer"])
@@ -125,3 +131,24 @@ def restore(t: "Trainer") -> None:
         t.batches_done = (seen // new_images) // c.grad_accumulation * c.grad_accumulation
         if t.dist.is_main:
             print("note: batch layout changed since the checkpoint; resuming near the same position", file=sys.stderr)
+
+
+def training_weights(weights: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The raw training weights of a checkpoint pair: the state file's ``train_model/`` tensors when
+    the weights file holds their moving average (``ema_decay``), else the weights themselves."""
+    raw = {k[len(TRAIN_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(TRAIN_MODEL_PREFIX)}
+    return raw or weights
+
+
+def _restore_weights(t: "Trainer", weights: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+                     state: dict[str, Any]) -> None:
+    """The model continues from the raw training weights; the moving average from the weights file
+    (or, when the run had none, starts from them)."""
+    raw = training_weights(weights, tensors)
+    t.module.load_state_dict(raw, strict=True)
+    if t.ema is not None:
+        had = raw is not weights
+        t.ema.load(weights if had else raw, int((state.get("ema") or {}).get("updates", 0)) if had else 0)
+    elif raw is not weights and t.dist.is_main:
+        t.log.info("the checkpoint holds a moving average of the weights (ema_decay) but ema_decay is now off; "
+                   "training continues from the raw weights")

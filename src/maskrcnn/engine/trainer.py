@@ -39,6 +39,7 @@ from . import distributed as du
 from . import state as run_state
 from .budget import TimeBudget
 from .checkpoint import CheckpointManager
+from .ema import ModelEMA
 from .guard import NonFiniteLossError, check_losses, find_nonfinite
 from .hooks import HookBase, Stop, default_hooks
 from .loader import as_training_dataset, build_loader, image_class_ids, image_references, unpack_batch
@@ -105,7 +106,7 @@ class Trainer:
             config.epochs`` (numbered so in logs and checkpoints) and its schedule spans those.
 
     Attributes hooks read (see :class:`~.hooks.HookBase`): ``config``, ``model`` (DDP-wrapped),
-    ``module``, ``optimizer``, ``scheduler``, ``dist``, ``run_dir``, ``log``, ``ckpt``,
+    ``module``, ``ema`` (:class:`~.ema.ModelEMA` or None), ``eval_module`` (what is validated and saved), ``optimizer``, ``scheduler``, ``dist``, ``run_dir``, ``log``, ``ckpt``,
     ``current_epoch`` (0-based, being trained), ``epoch`` (epochs completed), ``batches_done``,
     ``global_step``, ``total_steps``, ``last_step`` (:class:`~.step.StepOutput`),
     ``step_seconds``, ``epoch_completed``, ``stop``, ``error``, ``history``, ``best``, ``budget``.
@@ -139,6 +140,7 @@ class Trainer:
         self.epoch = self.current_epoch = self.start_epoch = int(start_epoch)
         self.batches_done = self.global_step = self.skipped = 0
         self.best: dict[str, Any] | None = None
+        self.ema: ModelEMA | None = None  # the moving average of the weights (ema_decay), made in setup
         self.history: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
         # the current step and the end of the run
@@ -163,6 +165,8 @@ class Trainer:
                 result = self._run()
                 if self.amp_dtype is not None:  # channels-last was for the autocast run; detection gets NCHW back
                     self.module.to(memory_format=torch.contiguous_format)
+                if self.ema is not None:  # the trained model is the average, as in the checkpoints
+                    self.module.load_state_dict(self.ema.model.state_dict())
                 finished = True
                 return result
         finally:
@@ -179,6 +183,12 @@ class Trainer:
         ``interrupted``: the run is meant to be continued with ``--resume`` (signals)."""
         if self.stop is None:
             self.stop = Stop(reason, interrupted=interrupted, validate=validate and not interrupted)
+
+    @property
+    def eval_module(self) -> nn.Module:
+        """The weights that are validated and saved: the moving average with ``ema_decay``
+        (:mod:`.ema`), else the model being trained."""
+        return self.module if self.ema is None else self.ema.model
 
     def add_stop_source(self, source: Callable[[], bool]) -> None:
         """``source()`` is polled on every forward pass and reduced over the ranks; True on any rank
@@ -211,6 +221,7 @@ class Trainer:
             model = du.convert_sync_bn(model, self.dist)
         self.module: nn.Module = use_channels_last(model.to(self.device), self.amp_dtype)  # before DDP
         self.params = [p for p in self.module.parameters() if p.requires_grad]
+        self.ema = ModelEMA(self.module, c.ema_decay, c.ema_warmup_steps) if c.ema_decay else None
         self.optimizer = build_optimizer(self.module, c, self.dist.world_size)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self._setup_data()

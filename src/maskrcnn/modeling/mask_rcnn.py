@@ -91,7 +91,12 @@ class MaskRCNN(nn.Module):
     @torch.no_grad()
     def detect_batch(self, batch: ImageBatch, score_threshold: float | None = None) -> list[dict[str, Tensor]]:
         """Detect on a prepared :class:`~maskrcnn.structures.ImageBatch`; boxes in the batch's pixels
-        (map them back with ``transform.postprocess``)."""
+        (map them back with ``transform.postprocess``). With ``Config.tta_views``, fused over the
+        flipped/rotated views too (:mod:`.tta`)."""
+        if self.config.tta_views:
+            from .tta import detect_with_views
+
+            return detect_with_views(self, batch, list(self.config.tta_views), score_threshold)
         feats = self.backbone(batch.tensor)
         proposals, _ = self.rpn(feats, batch.padded_size, batch.image_sizes)
         return self.roi_heads.detect(feats, proposals, batch.image_sizes, score_threshold=score_threshold)

@@ -9,7 +9,7 @@ starts a new interpreter instead). The child builds the model of the config, pre
 ``grad_accumulation`` (at most 2) loader batches of ``images_per_gpu`` synthetic images through
 the real data pipeline (:class:`maskrcnn.data.synthetic.SyntheticInstances`: a 4:3 image of the
 config's input size with ``max_gt_instances`` instance masks), creates the optimizer state (as
-every step after the first has it), and runs ``steps`` optimizer steps of
+every step after the first has it) and the weight average of ``ema_decay``, and runs ``steps`` optimizer steps of
 :class:`maskrcnn.engine.step.TrainStep`, the very step the trainer runs (autocast per ``amp``,
 the sum of the model's losses, backward accumulated over the batches, clipping, the optimizer,
 the scaler).
@@ -354,6 +354,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     """Run in the child process: build, prepare, train ``steps`` steps, report (see the module doc)."""
     import torch
 
+    from ..engine.ema import ModelEMA
     from ..engine.optim import build_optimizer, select_trainable, set_train_mode
     from ..engine.runtime import resolve_amp, use_channels_last
     from ..engine.step import TrainStep
@@ -386,6 +387,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     optimizer = build_optimizer(model, config)
     step = TrainStep(model, optimizer, device, params=params, amp_dtype=amp_dtype, clip_norm=config.gradient_clip_norm,
                      scaler=torch.amp.GradScaler(device.type, enabled=use_scaler))
+    ema = ModelEMA(model, config.ema_decay, config.ema_warmup_steps) if config.ema_decay else None  # as the trainer keeps
     model_bytes = _allocated(device, base)
     _create_optimizer_state(optimizer, params)
     if not cuda:
@@ -404,6 +406,8 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             reset_ok = procmem.reset_hwm()
         t0 = time.perf_counter()
         step([(b, 1.0) for b in batches])
+        if ema is not None:
+            ema.update(model)
         if cuda:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)

@@ -30,6 +30,7 @@ pipeline.config                                                         Config
 ``constant_learning_rate``                                              ``lr_steps``, ``lr_gamma``,
                                                                         ``warmup_iters``, ``warmup_factor``
 ``gradient_clipping_by_norm``                                           ``gradient_clip_norm``
+``optimizer.use_moving_average``, ``moving_average_decay``            ``ema_decay``
 ``random_horizontal_flip`` / ``random_vertical_flip``                   ``aug_hflip`` / ``aug_vflip``: 0.5
 ``train_input_reader.label_map_path`` (when the file is there)          ``num_classes``, ``class_names``
 =====================================================================  ===================================
@@ -367,7 +368,13 @@ class _Mapper:
         else:
             return
         if self.flag(opt, "use_moving_average", False):
-            opt.entries("use_moving_average")[-1].used = False  # listed: no weight averaging here
+            decay = self.number(opt, "moving_average_decay", default=0.9999)
+            if not 0 < decay < 1:
+                raise ConfigError(f"{self.source}: {opt.path}.moving_average_decay is {decay}; give a decay in (0, 1), "
+                                  "e.g. 0.9999")
+            self.values["ema_decay"] = decay
+            self.notes.append(f"use_moving_average: ema_decay {decay:g}; the decay ramps up over ema_warmup_steps "
+                              "(2000) instead of TF's min(decay, (1 + step) / (10 + step))")
         lr = body.message("learning_rate")
         kind2 = lr.oneof() if lr is not None else None
         if kind2 is None:
