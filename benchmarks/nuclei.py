@@ -64,6 +64,8 @@ import yaml
 from maskrcnn.commands.args import tta_views
 from maskrcnn.config import Config
 from maskrcnn.data.dataset import Dataset
+from maskrcnn.engine.ema import ModelEMA
+from maskrcnn.engine.hooks import HookBase
 from maskrcnn.engine.runtime import resolve_amp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -141,9 +143,12 @@ def load_split(root: Path, split: str) -> MemoryDataset:
 
 # ============================================================================== ours
 def run_ours(config: Config, train_ds: Dataset, val_ds: Dataset, budget_s: float, run_dir: Path,
-             label: str, log: Callable[[str], None], tta: list[str] | None = None) -> dict[str, Any]:
+             label: str, log: Callable[[str], None], tta: list[str] | None = None,
+             ema_probe: tuple[list[float], int] | None = None) -> dict[str, Any]:
     """Train with the engine exactly as ``maskrcnn train --minutes M`` does, then evaluate (and with
-    ``tta`` views again, as ``maskrcnn evaluate --tta``: ``row["tta"]``)."""
+    ``tta`` views again, as ``maskrcnn evaluate --tta``: ``row["tta"]``). ``ema_probe`` (decays,
+    warmup steps): moving averages of the same run's weights kept beside it, each scored at the
+    end (``row["ema_probe"]``), so that averaging is compared on one training trajectory."""
     from maskrcnn.engine import Trainer
     from maskrcnn.modeling import build_model
 
@@ -153,8 +158,9 @@ def run_ours(config: Config, train_ds: Dataset, val_ds: Dataset, budget_s: float
     start = time.perf_counter()
     model = build_model(config)
     n_params = sum(p.numel() for p in model.parameters())
+    probes = EMAProbes(*ema_probe) if ema_probe else None
     trainer = Trainer(config, train_ds, None, out_dir=run_dir.parent, run_dir=run_dir, model=model,
-                      evaluate_fn=None, progress=False, tensorboard=False, log_every=10)
+                      evaluate_fn=None, progress=False, tensorboard=False, log_every=10, hooks=[probes] if probes else ())
     result = trainer.fit()
     train_s = time.perf_counter() - start
     load_after = loadavg()
@@ -184,7 +190,26 @@ def run_ours(config: Config, train_ds: Dataset, val_ds: Dataset, budget_s: float
         finally:
             model.config = trained
         row["tta"] = {"views": list(tta), "eval_s": eval_s, **report_metrics(report)}
+    if probes is not None:
+        row["ema_probe"] = [{"decay": e.decay, "warmup_steps": e.warmup_steps,
+                             **report_metrics(_evaluate_model(e.model.to(memory_format=torch.contiguous_format), val_ds)[0])}
+                            for e in probes.emas]
     return row
+
+
+class EMAProbes(HookBase):
+    """Moving averages (:class:`maskrcnn.engine.ema.ModelEMA`) of the trained weights for several decays."""
+
+    def __init__(self, decays: list[float], warmup_steps: int) -> None:
+        self.decays, self.warmup_steps = decays, warmup_steps
+        self.emas: list[ModelEMA] = []
+
+    def before_train(self) -> None:
+        self.emas = [ModelEMA(self.trainer.module, d, self.warmup_steps) for d in self.decays]
+
+    def after_step(self) -> None:
+        for e in self.emas:
+            e.update(self.trainer.module)
 
 
 def _evaluate_model(model: torch.nn.Module, val_ds: Dataset) -> tuple[dict[str, Any], float]:
@@ -258,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", type=tta_views, default=None, metavar="VIEWS",
                    help="ours: evaluate also with test-time views (as maskrcnn evaluate --tta: hflip, flips, dihedral "
                         "or a comma list), a row of its own (Ultralytics has no test-time augmentation for segmentation)")
+    p.add_argument("--ema-probe", default=None, metavar="DECAYS",
+                   help="ours: keep moving averages of the weights with these decays (comma-separated) beside the "
+                        "run and score each at the end (row ema_probe), e.g. 0.998,0.999,0.9995")
+    p.add_argument("--ema-probe-warmup", type=int, default=500, metavar="STEPS", help="ramp of the --ema-probe decays")
     p.add_argument("--tag", default="run")
     p.add_argument("--results", default=None, help="append one JSON line per model to this file")
     a = p.parse_args(argv)
@@ -306,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = config
             run_dir = Path(a.out) / f"{a.tag}_{name}_{time.strftime('%Y%m%d-%H%M%S')}"
-            row = run_ours(cfg, train_ds, val_ds, budget, run_dir, name, log, a.tta)
+            probe = ([float(d) for d in a.ema_probe.split(",")], a.ema_probe_warmup) if a.ema_probe else None
+            row = run_ours(cfg, train_ds, val_ds, budget, run_dir, name, log, a.tta, probe)
             row["config"] = {k: v for k, v in cfg.model_dump().items() if v != Config.model_fields[k].default}
             row["amp"] = str(resolve_amp(cfg.amp, torch.device("cpu"))[0])
         log(f"{name}: mask AP {row['mask_ap']:.4f}, AP50 {row['mask_ap50']:.4f}, DSB {row['dsb']:.4f}, "

@@ -229,6 +229,12 @@ def test_detect_fast_on_an_export_is_one_line(good, tmp_path):
     assert_clean_error(result, "model.onnx", "fast", "export again")
 
 
+def test_tta_on_an_export_is_one_line(good, tmp_path):
+    """Test-time views run in PyTorch only: --tta on an exported model names it and the fix."""
+    result = run_cli("detect", good["img"], "--weights", good["onnx"], "--out", tmp_path / "o", "--tta", "flips")
+    assert_clean_error(result, "model.onnx", "tta_views", "checkpoint")
+
+
 def test_wrong_channel_count_into_an_export_is_one_line(good):
     p = maskrcnn.load(good["onnx"], device="cpu")
     with pytest.raises(Exception) as exc:

@@ -124,3 +124,20 @@ def test_yolo_trains_with_the_benchmark_threads_not_its_own() -> None:
         assert not clock.exhausted()
     finally:
         torch.set_num_threads(old)
+
+
+def test_nuclei_table_gets_a_tta_row_with_its_own_scores():
+    """benchmarks/nuclei.py --tta: after ours' row, a row of the same training with the test-time
+    scores and evaluation time; other rows unchanged."""
+    from nuclei import table_rows
+
+    ours = {"name": "ours", "steps": 10, "mask_ap": 0.4, "mask_ap50": 0.8, "eval_s": 10.0,
+            "tta": {"views": ["hflip", "vflip", "rot180", "transpose", "rot90", "rot270", "antitranspose"],
+                    "mask_ap": 0.5, "mask_ap50": 0.85, "eval_s": 60.0}}
+    peer = {"name": "yolo11n-seg", "steps": 3, "mask_ap": 0.3, "mask_ap50": 0.7, "eval_s": 5.0}
+    rows = table_rows([ours, peer])
+    assert [r["name"] for r in rows] == ["ours", "ours +TTA dihedral", "yolo11n-seg"]
+    assert (rows[1]["steps"], rows[1]["mask_ap"], rows[1]["mask_ap50"], rows[1]["eval_s"]) == (10, 0.5, 0.85, 60.0)
+    assert rows[0]["mask_ap"] == 0.4 and rows[2] is peer
+    flips = table_rows([{**ours, "tta": {**ours["tta"], "views": ["hflip", "vflip"]}}])
+    assert flips[1]["name"] == "ours +TTA hflip,vflip"
