@@ -143,7 +143,7 @@ def load_split(root: Path, split: str) -> MemoryDataset:
 
 # ============================================================================== ours
 def run_ours(config: Config, train_ds: Dataset, val_ds: Dataset, budget_s: float, run_dir: Path,
-             label: str, log: Callable[[str], None], tta: list[str] | None = None,
+             label: str, log: Callable[[str], None], tta: dict[str, list] | None = None,
              ema_probe: tuple[list[float], int] | None = None) -> dict[str, Any]:
     """Train with the engine exactly as ``maskrcnn train --minutes M`` does, then evaluate (and with
     ``tta`` views again, as ``maskrcnn evaluate --tta``: ``row["tta"]``). ``ema_probe`` (decays,
@@ -184,12 +184,13 @@ def run_ours(config: Config, train_ds: Dataset, val_ds: Dataset, budget_s: float
         model.load_state_dict(weights)
     if tta:
         trained = model.config
-        model.config = trained.replace(tta_views=tta)  # what maskrcnn.load(..., tta_views=...) builds
+        model.config = trained.replace(**tta)  # what maskrcnn.load(..., tta_views=..., tta_scales=...) builds
         try:
             report, eval_s = _evaluate_model(model, val_ds)
         finally:
             model.config = trained
-        row["tta"] = {"views": list(tta), "eval_s": eval_s, **report_metrics(report)}
+        views = list(tta["tta_views"]) + [f"x{s:g}" for s in tta["tta_scales"]]
+        row["tta"] = {"views": views, "eval_s": eval_s, **report_metrics(report)}
     if probes is not None:
         row["ema_probe"] = [{"decay": e.decay, "warmup_steps": e.warmup_steps,
                              **report_metrics(_evaluate_model(e.model.to(memory_format=torch.contiguous_format), val_ds)[0])}
@@ -236,7 +237,10 @@ def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(row)
         if row.get("tta"):
             tta = row["tta"]
-            views = ",".join(tta["views"]) if len(tta["views"]) < 7 else "dihedral"
+            from maskrcnn.modeling.tta import TTA_VIEWS
+
+            named = ["dihedral"] if set(TTA_VIEWS) <= set(tta["views"]) else [v for v in tta["views"] if v in TTA_VIEWS]
+            views = ",".join(named + [v for v in tta["views"] if v not in TTA_VIEWS])
             out.append({**row, **{k: v for k, v in tta.items() if k != "views"}, "name": f"{row['name']} +TTA {views}"})
     return out
 

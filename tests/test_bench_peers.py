@@ -139,5 +139,7 @@ def test_nuclei_table_gets_a_tta_row_with_its_own_scores():
     assert [r["name"] for r in rows] == ["ours", "ours +TTA dihedral", "yolo11n-seg"]
     assert (rows[1]["steps"], rows[1]["mask_ap"], rows[1]["mask_ap50"], rows[1]["eval_s"]) == (10, 0.5, 0.85, 60.0)
     assert rows[0]["mask_ap"] == 0.4 and rows[2] is peer
-    flips = table_rows([{**ours, "tta": {**ours["tta"], "views": ["hflip", "vflip"]}}])
-    assert flips[1]["name"] == "ours +TTA hflip,vflip"
+    flips = table_rows([{**ours, "tta": {**ours["tta"], "views": ["hflip", "vflip", "x1.25"]}}])
+    assert flips[1]["name"] == "ours +TTA hflip,vflip,x1.25"
+    scaled = table_rows([{**ours, "tta": {**ours["tta"], "views": ours["tta"]["views"] + ["x1.25"]}}])
+    assert scaled[1]["name"] == "ours +TTA dihedral,x1.25"

@@ -9,7 +9,7 @@ import torch
 from maskrcnn.config import Config, ConfigError
 from maskrcnn.modeling import build_model
 from maskrcnn.modeling.tta import (TTA_VIEWS, boxes_from_view, boxes_to_view, fuse_detections, probs_from_view,
-                                   view_images)
+                                   scale_images, view_images)
 
 torch.set_num_threads(1)
 VIEWS = list(TTA_VIEWS)
@@ -162,6 +162,55 @@ def test_bad_view_names_and_duplicates_name_the_field() -> None:
 def test_an_export_detects_once_and_its_sidecar_says_so(capsys: pytest.CaptureFixture[str]) -> None:
     from maskrcnn.export.onnx import _meta
 
-    meta = _meta(Config(tta_views=["hflip", "rot90"]), "onnx")
-    assert meta["config"]["tta_views"] == []
+    meta = _meta(Config(tta_views=["hflip", "rot90"], tta_scales=[1.5]), "onnx")
+    assert meta["config"]["tta_views"] == [] and meta["config"]["tta_scales"] == []
     assert "tta_views" in capsys.readouterr().err
+
+
+def test_scale_views_resize_each_frame_and_pad_to_the_divisor() -> None:
+    t = torch.zeros(2, 1, 64, 64)
+    t[0, 0, :40, :50] = torch.rand(40, 50)
+    t[1, 0, :64, :30] = torch.rand(64, 30)
+    out, sizes = scale_images(t, [(40, 50), (64, 30)], 1.5, 32)
+    assert sizes == [(60, 75), (96, 45)] and out.shape[-2:] == (96, 96)
+    want = torch.nn.functional.interpolate(t[:1, :, :40, :50], size=(60, 75), mode="bilinear", align_corners=False)[0]
+    assert torch.equal(out[0, :, :60, :75], want)
+    assert out[0, :, 60:].abs().sum() == 0 and out[0, :, :, 75:].abs().sum() == 0
+
+
+def test_scaled_detections_come_back_to_the_frame() -> None:
+    """A 2x view finds its boxes in a 128 px frame; fused, every box lies in the 64 px one (the mapping
+    back divides by 2), and the result differs from one pass."""
+    torch.manual_seed(3)
+    image = torch.rand(3, 64, 64)
+    cfg = dict(num_classes=3, backbone="resnet18", backbone_width=8, fpn_channels=16, image_min_dim=64,
+               image_max_dim=64, rpn_anchor_scales=[8, 16, 32, 64, 128], detection_max_instances=30)
+    torch.manual_seed(0)
+    plain = build_model(Config(**cfg)).eval()
+    scaled = build_model(Config(**cfg, tta_scales=[2.0])).eval()
+    scaled.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        p, f = plain([image])[0], scaled([image])[0]
+    assert len(f["scores"]) > 5
+    assert float(f["boxes"].min()) >= 0 and float(f["boxes"].max()) <= 64 + 1e-3
+    assert not (len(p["scores"]) == len(f["scores"]) and torch.allclose(p["scores"], f["scores"]))
+    # a detection that both views make keeps its place: the best plain box has a fused box on it
+    from torchvision.ops import box_iou
+
+    assert float(box_iou(p["boxes"][:1], f["boxes"]).max()) > 0.5
+
+
+def test_tta_argument_reads_named_sets_views_and_scales() -> None:
+    import argparse
+
+    from maskrcnn.commands.args import tta_views
+
+    assert tta_views("flips,x1.25") == {"tta_views": ["hflip", "vflip", "rot180"], "tta_scales": [1.25]}
+    assert tta_views("dihedral")["tta_views"] == VIEWS and tta_views("rot90,hflip")["tta_views"] == ["rot90", "hflip"]
+    for bad in ("rot45", "x1", "x-2", "xabc", "flips,"):
+        with pytest.raises(argparse.ArgumentTypeError) as info:
+            tta_views(bad)
+        assert "x1.25" in str(info.value) and "dihedral" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        Config(tta_scales=[1.0])
+    assert "tta_scales" in str(info.value)

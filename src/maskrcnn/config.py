@@ -156,6 +156,7 @@ class Config(BaseModel):
     detection_max_instances: int = _f(100, "Most detections returned per image.", "detections", ge=1)
     mask_threshold: float = _f(0.5, "Mask probability at or above which a pixel belongs to the instance.", "probability", ge=0, le=1)
     tta_views: list[Literal["hflip", "vflip", "rot180", "transpose", "rot90", "rot270", "antitranspose"]] = _f([], "Test-time augmentation: also detect on these flips/rotations of each image, fuse the boxes (NMS clusters at detection_nms_threshold, score-weighted boxes, scores averaged over the views) and average the masks (modeling/tta.py); each view costs one more pass; [] detects once. PyTorch models only (not exported ones).", example=["hflip", "vflip", "rot180"])
+    tta_scales: list[_Positive] = _f([], "Test-time augmentation: also detect at these multiples of the inference size (e.g. 1.25: small objects larger), fused with the other views as tta_views are; each scale costs one more pass at that size.", example=[1.25])
     fast: bool = _f(False, "Fast inference (detect --fast, maskrcnn.load(fast=True)): BatchNorm folded into the convs and channels-last (NHWC) weights; the convs and linear layers (backbone, FPN, RPN and box/mask heads) run under autocast in fast_dtype: bf16 on a CPU with native bf16 (AVX512-BF16, AMX, ARM BF16) and on CUDA (fp16 on GPUs without bf16), fp32 on other CPUs (e.g. AVX2 only). Box decoding, NMS, RoIAlign coordinates, score thresholds and mask pasting stay fp32. Outputs are close to, not bit-equal with, exact mode.")
     fast_dtype: Literal["auto", "bf16", "fp16", "fp32"] = _f("auto", "Precision of fast mode's dense layers: auto (bf16 where the CPU or GPU has it natively, fp16 on GPUs without bf16, else fp32), bf16 (on any CPU: emulated where not native, slow but correct), fp16 (CUDA only), fp32.")
 
@@ -574,9 +575,11 @@ def _first_error(c: Config) -> str | None:
 
 
 def _option_problem(c: Config) -> str | None:
-    """What is wrong with the weight average (``ema_*``) and test-time views (``tta_views``)."""
+    """What is wrong with the weight average (``ema_*``) and test-time views (``tta_views``, ``tta_scales``)."""
     if len(set(c.tta_views)) != len(c.tta_views):
         return f"tta_views={c.tta_views}: each view once, e.g. [hflip, vflip, rot180]"
+    if len(set(c.tta_scales)) != len(c.tta_scales) or 1.0 in c.tta_scales:
+        return f"tta_scales={c.tta_scales}: distinct factors other than 1 (the image as it is is always a view), e.g. [1.25]"
     if c.ema_decay is None and c.ema_warmup_steps != 2000:
         return (f"ema_warmup_steps={c.ema_warmup_steps} has no effect without ema_decay; set ema_decay (e.g. 0.999) "
                 "or remove ema_warmup_steps")

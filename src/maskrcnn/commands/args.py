@@ -64,30 +64,39 @@ port = _checked("port", _integer, "a TCP port from 1 to 65535", "8000", lambda v
 
 
 
-def tta_views(text: str) -> list[str]:
-    """``--tta``: a named set of views (``hflip``, ``flips``, ``dihedral``) or a comma list of views."""
+def tta_views(text: str) -> dict[str, list]:
+    """``--tta``: comma-separated named sets of views (``hflip``, ``flips``, ``dihedral``), single views
+    and scales written ``x1.25``; returns the config fields ``tta_views`` and ``tta_scales``."""
     from ..modeling.tta import TTA_PRESETS, TTA_VIEWS
 
-    if text in TTA_PRESETS:
-        return list(TTA_PRESETS[text])
-    views = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [v for v in views if v not in TTA_VIEWS]
-    if bad or not views or len(set(views)) != len(views):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: use {', '.join(TTA_PRESETS)} (named sets) or a comma list of distinct views from "
-            f"{', '.join(TTA_VIEWS)}")
-    return views
+    views: list[str] = []
+    scales: list[float] = []
+    for token in (t.strip() for t in text.split(",")):
+        scale = None
+        if token[:1] == "x":
+            try:
+                scale = float(token[1:])
+            except ValueError:
+                pass
+        if scale is not None and math.isfinite(scale) and scale > 0 and scale != 1 and scale not in scales:
+            scales.append(scale)
+        elif token in TTA_PRESETS or token in TTA_VIEWS:
+            views += [v for v in TTA_PRESETS.get(token, [token]) if v not in views]
+        else:
+            raise argparse.ArgumentTypeError(
+                f"{token!r} in {text!r}: use {', '.join(TTA_PRESETS)} (named sets), views from {', '.join(TTA_VIEWS)} "
+                "or scales such as x1.25 (not x1), comma-separated, e.g. dihedral or flips,x1.25")
+    return {"tta_views": views, "tta_scales": scales}
 
 
 def add_tta_argument(p: argparse.ArgumentParser) -> None:
     """``--tta VIEWS`` of ``detect`` and ``evaluate`` (:func:`tta_overrides` turns it into ``load()`` overrides)."""
     p.add_argument("--tta", type=tta_views, metavar="VIEWS",
                    help="test-time augmentation: also detect on these views of each image and fuse them: hflip, "
-                        "flips (hflip, vflip, rot180), dihedral (all 8 flips and rotations: microscopy, aerial images) "
-                        "or a comma list; one more pass per view")
+                        "flips (hflip, vflip, rot180), dihedral (all 8 flips and rotations: microscopy, aerial images), "
+                        "single views, or scales such as x1.25, comma-separated; one more pass per view")
 
 
 def tta_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """``load()`` overrides of ``--tta``: ``tta_views``; none without it."""
-    views = getattr(args, "tta", None)
-    return {"tta_views": views} if views else {}
+    """``load()`` overrides of ``--tta``: ``tta_views`` and ``tta_scales``; none without it."""
+    return dict(getattr(args, "tta", None) or {})

@@ -144,11 +144,11 @@ def export_model(model: MaskRCNN, out: str | os.PathLike[str], *, fmt: str = "on
 
 def _meta(config: Config, fmt: str, **extra: Any) -> dict[str, Any]:
     """The sidecar's content (without ``files``) of an export of ``config`` in ``fmt``. An exported
-    model detects once: test-time views (``tta_views``) run in PyTorch only and are dropped here."""
-    if config.tta_views:
-        print(f"note: tta_views={list(config.tta_views)} is not exported (test-time augmentation runs in PyTorch only); "
-              "the exported model detects once", file=sys.stderr)
-        config = config.replace(tta_views=[])
+    model detects once: test-time views (``tta_views``, ``tta_scales``) run in PyTorch only and are dropped here."""
+    if config.tta_views or config.tta_scales:
+        print(f"note: tta_views={list(config.tta_views)}, tta_scales={list(config.tta_scales)} are not exported "
+              "(test-time augmentation runs in PyTorch only); the exported model detects once", file=sys.stderr)
+        config = config.replace(tta_views=[], tta_scales=[])
     return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model_format": fmt, **extra,
             "torch": torch.__version__, "class_names": class_names_of(config), "config": config.model_dump(mode="json"),
             **io_contract(config)}

@@ -59,9 +59,9 @@ def load(weights: str | os.PathLike | None = "coco", *, config: Config | str | o
     if is_exported_path(weights):
         fixed = [k for k in overrides if k not in RUNTIME_FIELDS]
         fixed += [name for name, v in (("config", config), ("fast", fast), ("frozen_bn_eps", frozen_bn_eps)) if v]
-        if overrides.get("tta_views"):
-            raise ConfigError(f"{weights}: tta_views (--tta) runs in PyTorch only, not on an exported model; detect or "
-                              "evaluate with the checkpoint it was exported from")
+        if overrides.get("tta_views") or overrides.get("tta_scales"):
+            raise ConfigError(f"{weights}: tta_views/tta_scales (--tta) run in PyTorch only, not on an exported model; "
+                              "detect or evaluate with the checkpoint it was exported from")
         if fixed:
             raise ConfigError(f"{weights}: {fixed[0]} cannot change an exported model (its config is fixed at export); "
                               "drop it, or export again from a checkpoint with that setting")

@@ -91,12 +91,12 @@ class MaskRCNN(nn.Module):
     @torch.no_grad()
     def detect_batch(self, batch: ImageBatch, score_threshold: float | None = None) -> list[dict[str, Tensor]]:
         """Detect on a prepared :class:`~maskrcnn.structures.ImageBatch`; boxes in the batch's pixels
-        (map them back with ``transform.postprocess``). With ``Config.tta_views``, fused over the
-        flipped/rotated views too (:mod:`.tta`)."""
-        if self.config.tta_views:
+        (map them back with ``transform.postprocess``). With ``Config.tta_views`` / ``tta_scales``,
+        fused over the flipped, rotated and rescaled views too (:mod:`.tta`)."""
+        if self.config.tta_views or self.config.tta_scales:
             from .tta import detect_with_views
 
-            return detect_with_views(self, batch, list(self.config.tta_views), score_threshold)
+            return detect_with_views(self, batch, list(self.config.tta_views), score_threshold, list(self.config.tta_scales))
         feats = self.backbone(batch.tensor)
         proposals, _ = self.rpn(feats, batch.padded_size, batch.image_sizes)
         return self.roi_heads.detect(feats, proposals, batch.image_sizes, score_threshold=score_threshold)

@@ -1,10 +1,13 @@
-"""Test-time augmentation (``Config.tta_views``): detect on flipped and rotated copies too, fuse.
+"""Test-time augmentation (``Config.tta_views``, ``tta_scales``): detect on flipped, rotated and
+rescaled copies too, fuse.
 
 A view is one of the dihedral transforms of an image's frame (``image_sizes``, where detections
 live): ``hflip`` (left-right), ``vflip`` (top-bottom), ``rot180``, ``transpose`` (x <-> y),
 ``rot90`` (counterclockwise, as ``torch.rot90``), ``rot270`` and ``antitranspose``. Each is
-"transpose or not, then flip left-right or not, then top-bottom or not" (:data:`TTA_VIEWS`). Per
-view: backbone, RPN and box head give detections, whose boxes are mapped back. Then, per image
+"transpose or not, then flip left-right or not, then top-bottom or not" (:data:`TTA_VIEWS`). A
+scale view (``tta_scales``, e.g. 1.25) resizes the frame bilinearly by that factor (of the
+inference resize), padded again to ``size_divisibility``: small objects get larger. Per view:
+backbone, RPN and box head give detections, whose boxes are mapped back. Then, per image
 and class (Detectron2's ``GeneralizedRCNNWithTTA`` with weighted box fusion's scoring):
 
 1. the views' detections are pooled and NMS at ``detection_nms_threshold`` keeps the best
@@ -23,9 +26,10 @@ per view, with every view's features held until the masks are computed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import batched_nms, box_iou
 
@@ -34,8 +38,8 @@ from ..structures import ImageBatch
 if TYPE_CHECKING:  # pragma: no cover
     from .mask_rcnn import MaskRCNN
 
-__all__ = ["TTA_VIEWS", "TTA_PRESETS", "view_images", "boxes_to_view", "boxes_from_view", "probs_from_view",
-           "fuse_detections", "detect_with_views"]
+__all__ = ["TTA_VIEWS", "TTA_PRESETS", "view_images", "scale_images", "boxes_to_view", "boxes_from_view",
+           "probs_from_view", "fuse_detections", "detect_with_views"]
 
 #: view name -> (transpose, then flip left-right, then flip top-bottom)
 TTA_VIEWS: dict[str, tuple[bool, bool, bool]] = {
@@ -68,6 +72,26 @@ def view_images(tensor: Tensor, image_sizes: list[tuple[int, int]], view: str) -
         out[i, :, :h, :w] = torch.flip(frame, _flip_dims(view))
         sizes.append((h, w))
     return out, sizes
+
+
+def scale_images(tensor: Tensor, image_sizes: list[tuple[int, int]], scale: float,
+                 divisor: int) -> tuple[Tensor, list[tuple[int, int]]]:
+    """``tensor [B, C, H, W]`` with each frame ``[:h, :w]`` resized bilinearly to ``(round(h * scale),
+    round(w * scale))``, padded bottom/right to multiples of ``divisor``, and the frames' new sizes."""
+    sizes = [(max(1, round(h * scale)), max(1, round(w * scale))) for h, w in image_sizes]
+    hp = -(-max(h for h, _ in sizes) // divisor) * divisor
+    wp = -(-max(w for _, w in sizes) // divisor) * divisor
+    out = tensor.new_zeros((tensor.shape[0], tensor.shape[1], hp, wp))
+    for i, ((h, w), (sh, sw)) in enumerate(zip(image_sizes, sizes)):
+        out[i, :, :sh, :sw] = F.interpolate(tensor[i:i + 1, :, :h, :w], size=(sh, sw), mode="bilinear",
+                                            align_corners=False)[0]
+    return out, sizes
+
+
+def _scale_boxes(boxes: Tensor, src: tuple[int, int], dst: tuple[int, int]) -> Tensor:
+    """``boxes [N, 4]`` of a frame of size ``src`` in the same frame resized to ``dst`` (``(h, w)`` each)."""
+    f = boxes.new_tensor([dst[1] / src[1], dst[0] / src[0], dst[1] / src[1], dst[0] / src[0]])
+    return boxes * f
 
 
 def _flip_boxes(boxes: Tensor, size: tuple[int, int], view: str) -> Tensor:
@@ -130,22 +154,47 @@ def fuse_detections(boxes: Tensor, scores: Tensor, labels: Tensor, views: Tensor
     return {"boxes": fused[order], "scores": fused_scores[order], "labels": labels[heads][order]}
 
 
-def detect_with_views(model: "MaskRCNN", batch: ImageBatch, views: list[str],
-                      score_threshold: float | None = None) -> list[dict[str, Tensor]]:
-    """:meth:`.MaskRCNN.detect_batch` fused over the original view and ``views`` (module doc)."""
+#: one view: an orientation of :data:`TTA_VIEWS`, a scale factor, or None for the image as it is
+View = Union[str, float, None]
+
+
+def _make_view(view: View, batch: ImageBatch, divisor: int) -> tuple[Tensor, list[tuple[int, int]]]:
+    if view is None:
+        return batch.tensor, batch.image_sizes
+    if isinstance(view, str):
+        return view_images(batch.tensor, batch.image_sizes, view)
+    return scale_images(batch.tensor, batch.image_sizes, view, divisor)
+
+
+def _to_view(view: View, boxes: Tensor, size: tuple[int, int], view_size: tuple[int, int]) -> Tensor:
+    if view is None:
+        return boxes
+    return boxes_to_view(boxes, size, view) if isinstance(view, str) else _scale_boxes(boxes, size, view_size)
+
+
+def _from_view(view: View, boxes: Tensor, size: tuple[int, int], view_size: tuple[int, int]) -> Tensor:
+    if view is None:
+        return boxes
+    return boxes_from_view(boxes, view_size, view) if isinstance(view, str) else _scale_boxes(boxes, view_size, size)
+
+
+def detect_with_views(model: "MaskRCNN", batch: ImageBatch, views: list[str], score_threshold: float | None = None,
+                      scales: list[float] | None = None) -> list[dict[str, Tensor]]:
+    """:meth:`.MaskRCNN.detect_batch` fused over the image as it is, the orientations ``views`` and
+    the ``scales`` (module doc)."""
     heads = model.roi_heads
-    names: list[str | None] = [None, *views]
+    names: list[View] = [None, *views, *(scales or [])]
+    divisor = int(model.config.size_divisibility)
     passes: list[tuple[list[Tensor], list[tuple[int, int]]]] = []
     per_view: list[list[dict[str, Tensor]]] = []
     for view in names:
-        tensor, sizes = (batch.tensor, batch.image_sizes) if view is None else view_images(batch.tensor, batch.image_sizes, view)
+        tensor, sizes = _make_view(view, batch, divisor)
         feats = model.backbone(tensor)
         proposals, _ = model.rpn(feats, (int(tensor.shape[-2]), int(tensor.shape[-1])), sizes)
         logits, deltas = heads.box_predictor(heads.box_head(heads.box_pool(feats, proposals)))
         dets = heads.box_predictor.inference(logits, deltas, proposals, sizes)
-        if view is not None:
-            for d, size in zip(dets, sizes):
-                d["boxes"] = boxes_from_view(d["boxes"], size, view)
+        for d, size, view_size in zip(dets, batch.image_sizes, sizes):
+            d["boxes"] = _from_view(view, d["boxes"], size, view_size)
         passes.append((feats, sizes))
         per_view.append(dets)
     results = []
@@ -163,17 +212,16 @@ def detect_with_views(model: "MaskRCNN", batch: ImageBatch, views: list[str],
     return results
 
 
-def _fused_masks(model: "MaskRCNN", batch: ImageBatch, names: list[str | None],
+def _fused_masks(model: "MaskRCNN", batch: ImageBatch, names: list[View],
                  passes: list[tuple[list[Tensor], list[tuple[int, int]]]], results: list[dict[str, Tensor]]) -> None:
     """``mask_probs`` of every result: the mean over the views of the mask head on its boxes (step 4)."""
     heads = model.roi_heads
     labels = torch.cat([r["labels"] for r in results])
     total = None
-    for view, (feats, _) in zip(names, passes):
-        boxes = [r["boxes"] if view is None else boxes_to_view(r["boxes"], size, view)
-                 for r, size in zip(results, batch.image_sizes)]
+    for view, (feats, sizes) in zip(names, passes):
+        boxes = [_to_view(view, r["boxes"], size, view_size) for r, size, view_size in zip(results, batch.image_sizes, sizes)]
         probs = heads.mask_predictor.inference(heads.mask_head(heads.mask_pool(feats, boxes)), labels)
-        if view is not None:
+        if isinstance(view, str):
             probs = probs_from_view(probs, view)
         total = probs if total is None else total + probs
     mean = total / len(names)
