@@ -67,6 +67,7 @@ from maskrcnn.data.dataset import Dataset
 from maskrcnn.engine.ema import ModelEMA
 from maskrcnn.engine.hooks import HookBase
 from maskrcnn.engine.runtime import resolve_amp
+from maskrcnn.modeling.tta import TTA_VIEWS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_line, format_table  # noqa: E402
@@ -237,8 +238,6 @@ def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(row)
         if row.get("tta"):
             tta = row["tta"]
-            from maskrcnn.modeling.tta import TTA_VIEWS
-
             named = ["dihedral"] if set(TTA_VIEWS) <= set(tta["views"]) else [v for v in tta["views"] if v in TTA_VIEWS]
             views = ",".join(named + [v for v in tta["views"] if v not in TTA_VIEWS])
             out.append({**row, **{k: v for k, v in tta.items() if k != "views"}, "name": f"{row['name']} +TTA {views}"})

@@ -125,6 +125,12 @@ LATEST_BROKEN = {
         _ck(r, "epoch_0003.safetensors"), make_model(num_classes=7).state_dict(),
         read_safetensors_metadata(_ck(r, "epoch_0003.safetensors"))), "does not fit the configured model"),
     "state file missing": (lambda r: _ck(r, "epoch_0003.state.safetensors").unlink(), "missing"),
+    "bad moving-average record": (lambda r: _rewrite_state(_ck(r, "epoch_0003.state.safetensors"),
+                                                           lambda s, t: s.update(ema="0.999")), "moving-average record"),
+    "raw weights of another model": (
+        lambda r: _rewrite_state(_ck(r, "epoch_0003.state.safetensors"),
+                                 lambda s, t: t.update({"train_model/rpn.head.weight": torch.zeros(2, 2)})),
+        "does not fit the configured model"),
 }
 
 

@@ -14,7 +14,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["probability", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "port", "tta_views", "add_tta_argument", "tta_overrides"]
+__all__ = ["probability", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "port",
+           "tta_views", "add_tta_argument", "tta_overrides"]
 
 
 def _number(text: str, kind: str, example: str) -> float:
@@ -61,7 +62,6 @@ positive_float = _checked("positive_float", _number, "a number above 0", "30", l
 non_negative_float = _checked("non_negative_float", _number, "a number, at least 0", "0.1", lambda v: v >= 0)
 #: A TCP port number from 1 to 65535.
 port = _checked("port", _integer, "a TCP port from 1 to 65535", "8000", lambda v: 1 <= v <= 65535)
-
 
 
 def tta_views(text: str) -> dict[str, list]:

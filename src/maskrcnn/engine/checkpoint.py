@@ -37,6 +37,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CONFIG_KEY",
     "TRAIN_MODEL_PREFIX",
+    "train_model_tensors",
     "save_safetensors_atomic",
     "read_safetensors_header",
     "read_safetensors_metadata",
@@ -56,6 +57,13 @@ CHECKPOINT_FORMAT = "maskrcnn/1"
 CONFIG_KEY = "maskrcnn_config"
 #: state-file tensors of the raw training weights when the weights file holds their moving average (``ema_decay``)
 TRAIN_MODEL_PREFIX = "train_model/"
+
+
+def train_model_tensors(state_tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The raw training weights a state file holds beside their moving average (by parameter name;
+    empty when the run had no ``ema_decay``)."""
+    n = len(TRAIN_MODEL_PREFIX)
+    return {k[n:]: v for k, v in state_tensors.items() if k.startswith(TRAIN_MODEL_PREFIX)}
 
 
 # --------------------------------------------------------------------------- files

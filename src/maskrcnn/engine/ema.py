@@ -49,19 +49,26 @@ class ModelEMA:
             p.requires_grad_(False)
         self.decay, self.warmup_steps = float(decay), int(warmup_steps)
         self.updates = 0
+        self._source: tuple[tuple, tuple] | None = None  # (which tensors they were made of, the tensor pairs)
 
     def _pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
-        """(average, source) floating-point tensors, and the other (integer) tensor pairs, by state-dict name."""
-        src = getattr(model, "module", model).state_dict()
-        avg, cur, other = [], [], []
-        for name, t in self.model.state_dict().items():
-            s = src[name].detach()
-            if t.is_floating_point():
-                avg.append(t)
-                cur.append(s.to(t.dtype))
-            else:
-                other.append((t, s))
-        return avg, cur, other
+        """(average, source) floating-point tensors, and the other (integer) tensor pairs, by state-dict
+        name; made again only when ``model`` or the storage of either model's tensors changed (loading
+        weights copies into the same storage; ``.to()`` to another device or layout does not)."""
+        model = getattr(model, "module", model)
+        key = (id(model), *(next(m.parameters()).data_ptr() for m in (model, self.model)))
+        if self._source is None or self._source[0] != key:
+            src = model.state_dict()
+            avg, cur, other = [], [], []
+            for name, t in self.model.state_dict().items():
+                s = src[name].detach()
+                if t.is_floating_point():
+                    avg.append(t)
+                    cur.append(s)
+                else:
+                    other.append((t, s))
+            self._source = (key, (avg, cur, other))
+        return self._source[1]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> float:
@@ -70,7 +77,7 @@ class ModelEMA:
         d = ema_decay_at(self.decay, self.warmup_steps, self.updates)
         avg, cur, other = self._pairs(model)
         if avg:
-            torch._foreach_lerp_(avg, cur, 1.0 - d)  # avg + (1 - d) * (cur - avg)
+            torch._foreach_lerp_(avg, [c.to(a.dtype) for a, c in zip(avg, cur)], 1.0 - d)  # avg + (1 - d) * (cur - avg)
         for t, s in other:
             t.copy_(s)
         return d

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import MaskRCNNError
-from .checkpoint import CHECKPOINT_FORMAT, TRAIN_MODEL_PREFIX, load_safetensors, read_safetensors_metadata
+from .checkpoint import CHECKPOINT_FORMAT, load_safetensors, read_safetensors_metadata, train_model_tensors
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointManager
@@ -91,6 +91,8 @@ def _check_state_json(state: Any, path: Path) -> None:
     _need(state.get("scaler") is None or isinstance(state["scaler"], dict), path, "bad grad scaler state")
     _need(state.get("best") is None or isinstance(state["best"], dict), path, "bad best-checkpoint record")
     _need(isinstance(state.get("history", []), list), path, "bad validation history")
+    ema = state.get("ema")
+    _need(ema is None or (isinstance(ema, dict) and _is_int(ema.get("updates"))), path, "bad moving-average record")
     budget = state.get("budget")
     _need(budget is None or (isinstance(budget, dict) and isinstance(budget.get("spent_s", 0.0), numbers.Real)),
           path, "bad time budget record")
@@ -217,7 +219,7 @@ def load_pair(manager: CheckpointManager, stem: str, model: torch.nn.Module | No
     if strict:
         expected = None if model is None else getattr(model, "module", model).state_dict()
         _check_weights(weights, wmeta, wpath, expected)
-        raw = {k[len(TRAIN_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(TRAIN_MODEL_PREFIX)}
+        raw = train_model_tensors(tensors)
         if raw:  # the raw training weights beside their moving average (ema_decay)
             _check_fit(raw, spath, expected)
         _check_state_tensors(tensors, state, spath, optimizer)

@@ -19,7 +19,8 @@ import torch
 
 from ..errors import MaskRCNNError
 from . import distributed as du
-from .checkpoint import CONFIG_KEY, TRAIN_MODEL_PREFIX, capture_rng, load_optimizer_state, model_state_tensors, optimizer_state, restore_rng
+from .checkpoint import (CONFIG_KEY, TRAIN_MODEL_PREFIX, capture_rng, load_optimizer_state, model_state_tensors,
+                         optimizer_state, restore_rng, train_model_tensors)
 from .guard import NonFiniteLossError
 from .resume import find_resume_point
 from .rundir import write_run_files
@@ -27,7 +28,7 @@ from .rundir import write_run_files
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
 
-__all__ = ["STATE_VERSION", "TRAIN_MODEL_PREFIX", "write_config", "state_json", "save", "save_best", "restore",
+__all__ = ["STATE_VERSION", "write_config", "state_json", "save", "save_best", "restore",
            "training_weights"]
 
 STATE_VERSION = 1
@@ -136,8 +137,7 @@ def restore(t: "Trainer") -> None:
 def training_weights(weights: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The raw training weights of a checkpoint pair: the state file's ``train_model/`` tensors when
     the weights file holds their moving average (``ema_decay``), else the weights themselves."""
-    raw = {k[len(TRAIN_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(TRAIN_MODEL_PREFIX)}
-    return raw or weights
+    return train_model_tensors(tensors) or weights
 
 
 def _restore_weights(t: "Trainer", weights: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
@@ -146,9 +146,8 @@ def _restore_weights(t: "Trainer", weights: dict[str, torch.Tensor], tensors: di
     (or, when the run had none, starts from them)."""
     raw = training_weights(weights, tensors)
     t.module.load_state_dict(raw, strict=True)
-    if t.ema is not None:
-        had = raw is not weights
-        t.ema.load(weights if had else raw, int((state.get("ema") or {}).get("updates", 0)) if had else 0)
+    if t.ema is not None:  # weights: the average, or the raw weights when the run had none (it starts there)
+        t.ema.load(weights, int((state.get("ema") or {}).get("updates", 0)) if raw is not weights else 0)
     elif raw is not weights and t.dist.is_main:
         t.log.info("the checkpoint holds a moving average of the weights (ema_decay) but ema_decay is now off; "
                    "training continues from the raw weights")

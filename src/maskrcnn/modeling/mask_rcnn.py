@@ -97,9 +97,15 @@ class MaskRCNN(nn.Module):
             from .tta import detect_with_views
 
             return detect_with_views(self, batch, list(self.config.tta_views), score_threshold, list(self.config.tta_scales))
-        feats = self.backbone(batch.tensor)
-        proposals, _ = self.rpn(feats, batch.padded_size, batch.image_sizes)
+        feats, proposals = self.propose(batch.tensor, batch.image_sizes)
         return self.roi_heads.detect(feats, proposals, batch.image_sizes, score_threshold=score_threshold)
+
+    def propose(self, tensor: Tensor, image_sizes: list[tuple[int, int]]) -> tuple[list[Tensor], list[Tensor]]:
+        """Backbone features ``[P2..P6]`` of a padded batch ``tensor [B, C, H, W]`` and the RPN's proposals
+        per image (``[P_i, 4]`` xyxy pixels, clipped to ``image_sizes``)."""
+        feats = self.backbone(tensor)
+        proposals, _ = self.rpn(feats, (int(tensor.shape[-2]), int(tensor.shape[-1])), image_sizes)
+        return feats, proposals
 
 
 def build_model(config: Config, *, pretrained_backbone: bool = False) -> MaskRCNN:

@@ -121,10 +121,18 @@ class RoIHeads(nn.Module):
         """Per image ``boxes [N, 4]`` (resized-image pixels), ``labels [N]``, ``scores [N]``,
         ``mask_probs [N, M, M]`` (the predicted class's sigmoid inside its box). ``score_threshold``
         drops detections before the mask head runs (see :meth:`.BoxPredictor.inference`)."""
-        class_logits, box_deltas = self.box_predictor(self.box_head(self.box_pool(features, proposals)))
-        results = self.box_predictor.inference(class_logits, box_deltas, proposals, image_sizes, score_threshold)
-        mask_feats = self.mask_head(self.mask_pool(features, [r["boxes"] for r in results]))
-        probs = self.mask_predictor.inference(mask_feats, torch.cat([r["labels"] for r in results]))
+        results = self.detect_boxes(features, proposals, image_sizes, score_threshold)
+        probs = self.mask_probs(features, [r["boxes"] for r in results], torch.cat([r["labels"] for r in results]))
         for r, mp in zip(results, probs.split([len(r["labels"]) for r in results])):
             r["mask_probs"] = mp
         return results
+
+    def detect_boxes(self, features: list[Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
+                     score_threshold: float | None = None) -> list[dict[str, Tensor]]:
+        """The box head's detections per image: ``boxes``, ``scores``, ``labels`` (no masks)."""
+        class_logits, box_deltas = self.box_predictor(self.box_head(self.box_pool(features, proposals)))
+        return self.box_predictor.inference(class_logits, box_deltas, proposals, image_sizes, score_threshold)
+
+    def mask_probs(self, features: list[Tensor], boxes: list[Tensor], labels: Tensor) -> Tensor:
+        """Mask probabilities ``[R, M, M]`` of the ``labels [R]`` class inside ``boxes`` (per image, in order)."""
+        return self.mask_predictor.inference(self.mask_head(self.mask_pool(features, boxes)), labels)

@@ -189,10 +189,8 @@ def detect_with_views(model: "MaskRCNN", batch: ImageBatch, views: list[str], sc
     per_view: list[list[dict[str, Tensor]]] = []
     for view in names:
         tensor, sizes = _make_view(view, batch, divisor)
-        feats = model.backbone(tensor)
-        proposals, _ = model.rpn(feats, (int(tensor.shape[-2]), int(tensor.shape[-1])), sizes)
-        logits, deltas = heads.box_predictor(heads.box_head(heads.box_pool(feats, proposals)))
-        dets = heads.box_predictor.inference(logits, deltas, proposals, sizes)
+        feats, proposals = model.propose(tensor, sizes)
+        dets = heads.detect_boxes(feats, proposals, sizes)
         for d, size, view_size in zip(dets, batch.image_sizes, sizes):
             d["boxes"] = _from_view(view, d["boxes"], size, view_size)
         passes.append((feats, sizes))
@@ -220,7 +218,7 @@ def _fused_masks(model: "MaskRCNN", batch: ImageBatch, names: list[View],
     total = None
     for view, (feats, sizes) in zip(names, passes):
         boxes = [_to_view(view, r["boxes"], size, view_size) for r, size, view_size in zip(results, batch.image_sizes, sizes)]
-        probs = heads.mask_predictor.inference(heads.mask_head(heads.mask_pool(feats, boxes)), labels)
+        probs = heads.mask_probs(feats, boxes, labels)
         if isinstance(view, str):
             probs = probs_from_view(probs, view)
         total = probs if total is None else total + probs
