@@ -146,15 +146,17 @@ def main() -> None:
     from torchvision.ops.misc import FrozenBatchNorm2d
 
     torch.manual_seed(0)
-    tmp = Path(tempfile.mkdtemp())
-    ref = MaskRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91)
-    torch.save(ref.state_dict(), tmp / "w.pth")
     rows = {}
-    for v in ["torchvision"] + [v for v in args.variants if v != "torchvision"]:
-        out = tmp / f"{v}.json"
-        subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--steps", str(args.steps),
-                        "--size", str(args.size), "--child", v, str(tmp / "w.pth"), str(out)], check=True)
-        rows[v] = json.loads(out.read_text())
+    with tempfile.TemporaryDirectory(prefix="train_bench_") as tmp_name:  # the 178 MB weights go with it
+        tmp = Path(tmp_name)
+        ref = MaskRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91)
+        torch.save(ref.state_dict(), tmp / "w.pth")
+        del ref
+        for v in ["torchvision"] + [v for v in args.variants if v != "torchvision"]:
+            out = tmp / f"{v}.json"
+            subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--steps", str(args.steps),
+                            "--size", str(args.size), "--child", v, str(tmp / "w.pth"), str(out)], check=True)
+            rows[v] = json.loads(out.read_text())
     tv = rows["torchvision"]
     tv_med = sorted(tv["times"])[len(tv["times"]) // 2]
     tv_mem = tv["peak_rss_mib"] - tv["base_rss_mib"]

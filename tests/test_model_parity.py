@@ -1,5 +1,8 @@
 """Exact mode reproduces torchvision's Mask R-CNN (v1 and v2) given the same weights.
 
+Masks are compared with ``mask_paste: torchvision`` (torchvision's half-pixel frame and paste); the
+default ``subpixel`` paste differs from torchvision on purpose (``tests/test_paste.py``).
+
 Weights are random, saved from torchvision's builders (frozen-BN statistics randomised too, so the
 eps convention matters), and loaded through ``maskrcnn.load`` from a ``.pth`` file in both key-name
 forms. Inputs are real photographs from scikit-image, batched at two different sizes.
@@ -68,7 +71,7 @@ def _compare(tv_model: torch.nn.Module, predictor: maskrcnn.inference.predictor.
         assert torch.equal(r["labels"], o["labels"])
         torch.testing.assert_close(o["boxes"], r["boxes"], atol=1e-4, rtol=0)
         torch.testing.assert_close(o["scores"], r["scores"], atol=1e-4, rtol=0)
-        soft = paste_masks(o["mask_probs"], o["boxes"], tuple(img.shape[-2:]), threshold=None)
+        soft = paste_masks(o["mask_probs"], o["boxes"], tuple(img.shape[-2:]), threshold=None, mode="torchvision")
         torch.testing.assert_close(soft, r["masks"][:, 0], atol=1e-4, rtol=0)
     # the public API: bool masks at the original size, threshold 0.5 (>=)
     dets = predictor.detect(_photos())
@@ -93,7 +96,7 @@ def test_v1_matches_torchvision(tmp_path, legacy):
     torch.save(_legacy_keys(sd) if legacy else sd, path)
     # a v1 file of unknown origin takes the COCO file's convention: frozen BN eps = 0
     overwrite_eps(tv, 0.0)
-    pred = maskrcnn.load(path, device="cpu", image_min_dim=512 if legacy else 800)
+    pred = maskrcnn.load(path, device="cpu", image_min_dim=512 if legacy else 800, mask_paste="torchvision")
     assert pred.config.frozen_bn_eps == 0.0 and pred.config.architecture == "v1"
     _compare(tv, pred, min_dets=20)
 
@@ -104,7 +107,7 @@ def test_v2_matches_torchvision(tmp_path):
     _randomise_norms(tv, 2)
     path = tmp_path / "v2.pth"
     torch.save(tv.state_dict(), path)
-    pred = maskrcnn.load(path, device="cpu", image_min_dim=512)
+    pred = maskrcnn.load(path, device="cpu", image_min_dim=512, mask_paste="torchvision")
     assert pred.config.architecture == "v2"
     _compare(tv, pred, min_dets=20)
 

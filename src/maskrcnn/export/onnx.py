@@ -235,8 +235,10 @@ def read_sidecar(model_path: str | os.PathLike[str]) -> tuple[Config, dict[str, 
         if digest != file_sha256(path):
             raise WeightsError(f"{side}: sidecar does not match {name} (another export, or the file was changed or "
                                "truncated); export the model again")
+    # exports written before Config.mask_paste existed have torchvision's mask frame in the graph
+    fields = {"mask_paste": "torchvision", **meta["config"]}
     try:
-        config = Config(**meta["config"])
+        config = Config(**fields)
     except Exception as exc:  # a ConfigError or pydantic's ValidationError
         first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         raise WeightsError(f"{side}: invalid config in the sidecar ({first}); export the model again") from None

@@ -30,8 +30,8 @@ from .onnx import read_sidecar
 __all__ = ["ExportedPredictor", "OnnxPredictor", "OpenVinoPredictor", "TFLitePredictor", "RUNTIME_FIELDS", "EXPORT_SUFFIXES",
            "exported_predictor", "graph_inputs", "is_exported_path"]
 
-#: Config fields that only the runtime reads (mask pasting), so they may differ from the export's.
-RUNTIME_FIELDS = ("mask_threshold",)
+#: Config fields that only the runtime reads (mask pasting and scoring), so they may differ from the export's.
+RUNTIME_FIELDS = ("mask_threshold", "mask_scoring")
 
 
 def graph_inputs(images: list[Tensor]) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ from ..errors import DataError
 from ..modeling import MaskRCNN, build_model
 from .paste import paste_masks
 from .results import Detections
+from .scoring import rescore_by_maskness
 
 __all__ = ["load", "Predictor", "ImageInput", "class_names_of"]
 
@@ -39,7 +40,7 @@ def load(weights: str | os.PathLike | None = "coco", *, config: Config | str | o
             :mod:`maskrcnn.modeling.matterport`; the class count and depth come from the file), a
             model written by ``maskrcnn export`` (``.onnx`` run with ONNX Runtime, ``.xml`` with
             OpenVINO, ``.tflite`` with LiteRT: :mod:`maskrcnn.export.runtime`; its config is the
-            export's, only ``mask_threshold`` may be overridden), or ``None`` for random weights
+            export's, only ``mask_threshold`` and ``mask_scoring`` may be overridden), or ``None`` for random weights
             (with ``config``).
         config: a :class:`Config` or YAML path; by default the checkpoint's own or the one implied by
             the state dict. Its class count must match the weights' (a one-line error otherwise).
@@ -277,11 +278,14 @@ class Predictor:
 
         thr = self.config.mask_threshold if mask_threshold is None else mask_threshold
         raw = self._detect_raw([to_float_tensor(a) for a, _ in batch], score_threshold)
-        paste = getattr(self.model, "paste_masks", paste_masks)  # a model with its own rule (Matterport's)
+        if self.config.mask_scoring == "maskness":
+            raw = [rescore_by_maskness(r, thr, score_threshold) for r in raw]
+        own = getattr(self.model, "paste_masks", None)  # a model with its own rule (Matterport's)
         out = []
         for r, (a, fname) in zip(raw, batch):
             size = (a.shape[0], a.shape[1])
-            masks = paste(r["mask_probs"], r["boxes"], size, threshold=thr)
+            masks = (own(r["mask_probs"], r["boxes"], size, threshold=thr) if own is not None else
+                     paste_masks(r["mask_probs"], r["boxes"], size, threshold=thr, mode=self.config.mask_paste))
             out.append(Detections(
                 boxes=r["boxes"].float().cpu().numpy(), class_ids=r["labels"].cpu().numpy(),
                 scores=r["scores"].float().cpu().numpy(), masks=masks.cpu().numpy(),

@@ -24,7 +24,7 @@ from ..config import MaskLoss
 from .layers import conv_norm_relu
 from .losses import weighted_losses
 
-__all__ = ["MaskHead", "MaskPredictor", "mask_targets", "mask_loss", "dice_loss", "MASK_LOSSES", "DICE_SMOOTH"]
+__all__ = ["MaskHead", "MaskPredictor", "TARGET_FRAME_SHIFT", "mask_targets", "mask_loss", "dice_loss", "MASK_LOSSES", "DICE_SMOOTH"]
 
 
 class MaskHead(nn.Sequential):
@@ -95,6 +95,13 @@ def _full_mask_targets(rois: Tensor, matched: Tensor, masks: Tensor, size: int) 
     r = torch.cat([inv[:, None].to(rois.dtype), local], 1)
     return roi_align(crops, r, (size, size), 1.0, aligned=False)[:, 0]
 
+
+#: Offset, in input pixels, of the frame that :func:`mask_targets` fills for a RoI: RoIAlign with
+#: ``aligned=False`` (torchvision's ``project_masks_on_boxes``, kept for its weights) samples the GT
+#: mask of RoI ``(x1, y1, x2, y2)`` over ``(x1 + 0.5, y1 + 0.5, x2 + 0.5, y2 + 0.5)`` in continuous
+#: pixel coordinates (pixel ``k`` spans ``[k, k + 1)``), so the head learns to predict that frame.
+#: ``Config.mask_paste: subpixel`` asks the head for the box moved back by it (``RoIHeads.mask_frame_shift``).
+TARGET_FRAME_SHIFT = 0.5
 
 #: Mask loss kinds (``Config.mask_loss``).
 MASK_LOSSES: tuple[str, ...] = get_args(MaskLoss)

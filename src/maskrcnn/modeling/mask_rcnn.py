@@ -13,7 +13,7 @@ from ..config import Config
 from .anchors import AnchorGenerator
 from .backbone import BackboneWithFPN
 from .box_head import BoxPredictor, ConvFCHead, TwoMLPHead
-from .mask_head import MaskHead, MaskPredictor
+from .mask_head import TARGET_FRAME_SHIFT, MaskHead, MaskPredictor
 from .roi_heads import RoIHeads
 from .rpn import RegionProposalNetwork, RPNHead
 from ..structures import ImageBatch
@@ -158,5 +158,6 @@ def build_model(config: Config, *, pretrained_backbone: bool = False) -> MaskRCN
         box_head, box_predictor, mask_head, mask_predictor,
         pool_size=c.pool_size, mask_pool_size=c.mask_pool_size, sampling_ratio=c.roi_sampling_ratio,
         fg_iou=c.roi_fg_iou_threshold, batch_size_per_image=c.train_rois_per_image,
-        positive_fraction=c.roi_positive_ratio)
+        positive_fraction=c.roi_positive_ratio,
+        mask_frame_shift=TARGET_FRAME_SHIFT if c.mask_paste == "subpixel" else 0.0)
     return MaskRCNN(c, backbone, rpn, roi_heads)

@@ -45,11 +45,16 @@ class RoIHeads(nn.Module):
         pool_size, mask_pool_size, sampling_ratio: RoIAlign output sides (7, 14) and sampling ratio.
         fg_iou: a proposal is positive at IoU >= ``fg_iou`` with a GT box, background below.
         batch_size_per_image, positive_fraction: RoIs sampled per image and the positive share.
+        mask_frame_shift: at inference the mask head runs on each box moved by ``-mask_frame_shift``
+            pixels (both axes), so that the predicted map covers the box itself
+            (:data:`.mask_head.TARGET_FRAME_SHIFT` with ``Config.mask_paste: subpixel``; 0 reproduces
+            torchvision, whose map covers the box moved by +0.5 px).
     """
 
     def __init__(self, box_head: nn.Module, box_predictor: BoxPredictor, mask_head: MaskHead,
                  mask_predictor: MaskPredictor, *, pool_size: int, mask_pool_size: int, sampling_ratio: int,
-                 fg_iou: float, batch_size_per_image: int, positive_fraction: float) -> None:
+                 fg_iou: float, batch_size_per_image: int, positive_fraction: float,
+                 mask_frame_shift: float = 0.0) -> None:
         super().__init__()
         self.box_head = box_head
         self.box_predictor = box_predictor
@@ -60,6 +65,7 @@ class RoIHeads(nn.Module):
         self.matcher = Matcher(fg_iou, fg_iou, allow_low_quality=False)
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
+        self.mask_frame_shift = float(mask_frame_shift)
 
     # ------------------------------------------------------------------ training
     def sample(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]) -> SampledRoIs:
@@ -134,5 +140,10 @@ class RoIHeads(nn.Module):
         return self.box_predictor.inference(class_logits, box_deltas, proposals, image_sizes, score_threshold)
 
     def mask_probs(self, features: list[Tensor], boxes: list[Tensor], labels: Tensor) -> Tensor:
-        """Mask probabilities ``[R, M, M]`` of the ``labels [R]`` class inside ``boxes`` (per image, in order)."""
+        """Mask probabilities ``[R, M, M]`` of the ``labels [R]`` class inside ``boxes`` (per image, in order).
+
+        The map covers each box moved by ``+0.5 - mask_frame_shift`` pixels: the box itself with
+        ``mask_paste: subpixel``, torchvision's half-pixel offset frame with ``mask_frame_shift = 0``."""
+        if self.mask_frame_shift:
+            boxes = [b - self.mask_frame_shift for b in boxes]
         return self.mask_predictor.inference(self.mask_head(self.mask_pool(features, boxes)), labels)
