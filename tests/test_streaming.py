@@ -314,10 +314,12 @@ def test_resident_memory_stops_growing(predictor):
     rss = _run_and_measure(predictor, 200, step=2)
     slope = _slope_kib_per_image(rss, step=2)
     print(f"\nRSS slope over images 100-200: {slope:.3f} KiB/image (start {rss[0]:.0f} KiB, end {rss[-1]:.0f} KiB)")
-    assert abs(slope) < 2.0
+    limit = 2.0  # KiB per image
+    assert abs(slope) < limit
     assert max(rss[50:]) - min(rss[50:]) < 8 * 1024  # no step of more than 8 MiB either
 
-    # control: the same measurement sees a leak of 12 KiB per image
+    # control: the same measurement fails a leak of 12 KiB per image by a wide margin. It reads
+    # 7-12 KiB/image: part of a small leak lands in heap pages that freed blocks left resident.
     leak = _slope_kib_per_image(_run_and_measure(predictor, 80, step=2, keep_per_image=12 * 1024), step=2)
     print(f"control with a 12 KiB/image leak: {leak:.2f} KiB/image")
-    assert leak > 8.0
+    assert leak > 2 * limit

@@ -70,10 +70,13 @@ def io_contract(config: Config) -> dict[str, Any]:
         "outputs": {
             "boxes": {"dtype": "float32", "shape": ["detections", 4],
                       "meaning": "x1, y1, x2, y2 in original image pixels (x2, y2 exclusive edges)"},
-            "scores": {"dtype": "float32", "shape": ["detections"], "meaning": "class score, descending within an image"},
+            "scores": {"dtype": "float32", "shape": ["detections"],
+                       "meaning": "class score, descending within an image (config mask_scoring: maskness multiplies it by "
+                                  "maskrcnn.inference.scoring.maskness of mask_probs outside the graph)"},
             "labels": {"dtype": "int64", "shape": ["detections"], "meaning": "class id (index into class_names; 0 is background)"},
             "mask_probs": {"dtype": "float32", "shape": ["detections", config.mask_pool_size * 2, config.mask_pool_size * 2],
-                           "meaning": "mask probability inside the box; paste with maskrcnn.inference.paste.paste_masks"},
+                           "meaning": "mask probability inside the box (covering it exactly with config mask_paste: subpixel); "
+                                      "paste with maskrcnn.inference.paste.paste_masks(..., mode=mask_paste)"},
             "batch_index": {"dtype": "int64", "shape": ["detections"],
                             "meaning": "image of each detection; detections are grouped by image in ascending order"},
         },
