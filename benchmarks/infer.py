@@ -22,7 +22,7 @@ script reports the median latency, images/s, the peak memory a call adds (see
 dense part (backbone + FPN forward, timed inside the same calls by forward hooks, FLOPs counted by
 ``torch.utils.flop_counter.FlopCounterMode``) against the measured fp32 matmul peak. It checks that
 the outputs are equal (same labels, boxes within 1e-4, masks: torchvision's ``>= 0.5`` against
-ours) and exits with status 1 when they are not.
+ours, both with torchvision's paste: ``mask_paste: torchvision``) and exits with status 1 when they are not.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/infer.py [--quick] [--device cuda] [--threads 2]
         [--repeats 5] [--sizes 800 320] [--batches 1 4] [--fast-dtypes auto fp32 bf16] [--json results.json]
@@ -140,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(tv.state_dict(), pth)
         for size in args.sizes:
             tv.transform.min_size = (size,)
-            ours = maskrcnn.load(pth, device=device, image_min_dim=size)
-            fasts = {fast_name(d): maskrcnn.load(pth, device=device, image_min_dim=size, fast=True, fast_dtype=d)
+            # torchvision's mask frame and paste: the outputs must equal its model's (the default subpixel
+            # paste moves mask edges by up to a pixel on purpose; its cost is the same per box)
+            ours = maskrcnn.load(pth, device=device, image_min_dim=size, mask_paste="torchvision")
+            fasts = {fast_name(d): maskrcnn.load(pth, device=device, image_min_dim=size, fast=True, fast_dtype=d,
+                                                 mask_paste="torchvision")
                      for d in args.fast_dtypes}
             for name, f in fasts.items():
                 print(f"{name}: {f.mode}", file=sys.stderr, flush=True)

@@ -105,14 +105,16 @@ def _paste_subpixel(padded: Tensor, box: list[float], m: int, h: int, w: int) ->
 def _bilinear_weights(lo: float, hi: float, start: int, stop: int, m: int, device: torch.device) -> Tensor:
     """``[stop - start, M + 2]`` weights that sample a zero-padded ``M``-cell axis spanning
     ``[lo, hi)`` at the pixel centres ``start + 0.5 ... stop - 0.5`` (bilinear, zero outside:
-    ``grid_sample(align_corners=False, padding_mode="zeros")`` along one axis)."""
-    u = (torch.arange(start, stop, dtype=torch.float32, device=device) + 0.5 - lo) * (m / max(hi - lo, 1e-6)) - 0.5
-    i0 = u.floor()
+    ``grid_sample(align_corners=False, padding_mode="zeros")`` along one axis). Built in numpy:
+    a few dozen values, where torch's per-op overhead would dominate."""
+    u = (np.arange(start, stop, dtype=np.float32) + np.float32(0.5) - np.float32(lo)) \
+        * np.float32(m / max(hi - lo, 1e-6)) - np.float32(0.5)
+    i0 = np.floor(u)
     frac = u - i0
-    cols = i0.to(torch.int64) + 1  # index into the padded axis: cell j is column j + 1
-    weights = torch.zeros((u.numel(), m + 2), dtype=torch.float32, device=device)
-    rows = torch.arange(u.numel(), device=device)
+    cols = i0.astype(np.int64) + 1  # index into the padded axis: cell j is column j + 1
+    weights = np.zeros((u.size, m + 2), dtype=np.float32)
+    rows = np.arange(u.size)
     for col, wt in ((cols, 1 - frac), (cols + 1, frac)):
         ok = (col >= 0) & (col <= m + 1)
         weights[rows[ok], col[ok]] = wt[ok]
-    return weights
+    return torch.from_numpy(weights).to(device)
