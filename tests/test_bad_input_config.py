@@ -125,6 +125,11 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"mask_loss": "focal"}, "mask_loss", "'bce+dice'"),
     ({"mask_dice_weight": 0}, "mask_dice_weight", "> 0"),
     ({"mask_dice_weight": 0.5}, "mask_dice_weight", "mask_loss: bce+dice"),
+    ({"mask_paste": "detectron"}, "mask_paste", "'subpixel'"),
+    ({"mask_scoring": "iou"}, "mask_scoring", "'maskness'"),
+    ({"tta_scales": [0.0]}, "tta_scales[0]", "> 0"),
+    ({"tta_scales": [1.25, 1.25]}, "tta_scales", "distinct factors"),
+    ({"tta_scales": [1.0]}, "tta_scales", "other than 1"),
     # a run name is one plain path component (it names the run folder under --out)
     ({"name": "../../x"}, "name", "plain file name"),
     ({"name": "a/b"}, "name", "plain file name"),

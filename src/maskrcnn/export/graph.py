@@ -254,7 +254,7 @@ class ExportGraph(nn.Module):
         batch = torch.ones_like(frame[:, 0]).sum()
         keep = _best_per_image(keep, image, batch, pred.detections_per_img)
         boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
-        mask_rois = torch.cat([image[:, None].to(boxes.dtype), boxes - heads.mask_frame_shift], 1)  # RoIHeads.mask_probs
+        mask_rois = torch.cat([image[:, None].to(boxes.dtype), heads.mask_boxes(boxes)], 1)
         mask_probs = self.mask_probs(heads.mask_pool.pool(feats, mask_rois), labels)
         return boxes, scores, labels, mask_probs, image
 

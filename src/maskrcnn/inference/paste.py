@@ -19,16 +19,19 @@ float image per detection.
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import MaskPaste
+
 __all__ = ["paste_masks", "expand_boxes", "PASTE_MODES"]
 
 #: ``Config.mask_paste`` values.
-PASTE_MODES: tuple[str, ...] = ("subpixel", "torchvision")
+PASTE_MODES: tuple[str, ...] = get_args(MaskPaste)
 
 
 def expand_boxes(boxes: Tensor, scale: float) -> Tensor:
@@ -64,8 +67,11 @@ def paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int],
         return out
     m = mask_probs.shape[-1]
     padded = F.pad(mask_probs.float(), (1, 1, 1, 1))
-    paste_one = _paste_subpixel if mode == "subpixel" else _paste_torchvision
-    for i, box in enumerate(boxes.float().tolist()):
+    if mode == "subpixel":
+        paste_one, rows = _paste_subpixel, boxes.float().tolist()
+    else:  # torchvision's integer boxes, computed for all boxes at once
+        paste_one, rows = _paste_torchvision, expand_boxes(boxes.float(), float(m + 2) / m).to(torch.int64).tolist()
+    for i, box in enumerate(rows):
         placed = paste_one(padded[i], box, m, h, w)
         if placed is not None:
             (y0, y1, x0, x1), res = placed
@@ -76,9 +82,10 @@ def paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int],
 Placed = tuple[tuple[int, int, int, int], Tensor] | None
 
 
-def _paste_torchvision(padded: Tensor, box: list[float], m: int, h: int, w: int) -> Placed:
-    """torchvision's geometry for one ``[M+2, M+2]`` zero-padded map: ``((y0, y1, x0, x1), values)``."""
-    x1, y1, x2, y2 = expand_boxes(torch.tensor([box]), float(m + 2) / m).to(torch.int64)[0].tolist()
+def _paste_torchvision(padded: Tensor, box: list[int], m: int, h: int, w: int) -> Placed:
+    """torchvision's geometry for one ``[M+2, M+2]`` zero-padded map at its expanded integer ``box``:
+    ``((y0, y1, x0, x1), values)``."""
+    x1, y1, x2, y2 = box
     bw, bh = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)
     x0c, x1c = max(x1, 0), min(x2 + 1, w)
     y0c, y1c = max(y1, 0), min(y2 + 1, h)

@@ -12,10 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["maskness", "rescore_by_maskness", "SCORINGS"]
-
-#: ``Config.mask_scoring`` values.
-SCORINGS: tuple[str, ...] = ("none", "maskness")
+__all__ = ["maskness", "rescore_by_maskness"]
 
 
 def maskness(mask_probs: Tensor, threshold: float) -> Tensor:

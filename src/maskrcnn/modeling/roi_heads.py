@@ -144,6 +144,10 @@ class RoIHeads(nn.Module):
 
         The map covers each box moved by ``+0.5 - mask_frame_shift`` pixels: the box itself with
         ``mask_paste: subpixel``, torchvision's half-pixel offset frame with ``mask_frame_shift = 0``."""
-        if self.mask_frame_shift:
-            boxes = [b - self.mask_frame_shift for b in boxes]
+        boxes = [self.mask_boxes(b) for b in boxes]
         return self.mask_predictor.inference(self.mask_head(self.mask_pool(features, boxes)), labels)
+
+    def mask_boxes(self, boxes: Tensor) -> Tensor:
+        """The RoIs ``[..., 4]`` (xyxy in the last 4 columns) the mask head runs on for detections at
+        ``boxes``: moved by ``-mask_frame_shift`` (unchanged when it is 0)."""
+        return boxes - self.mask_frame_shift if self.mask_frame_shift else boxes
