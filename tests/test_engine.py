@@ -226,6 +226,32 @@ def test_param_groups_have_no_decay_on_norms_and_biases() -> None:
     assert [g["momentum"] for g in opt.param_groups] == [0.9, 0.9]
 
 
+def test_adamw_runs_fused_and_its_update_matches_the_python_loop() -> None:
+    torch.manual_seed(0)
+    model, reference = StubModel(), StubModel()
+    reference.load_state_dict(model.state_dict())
+    config = tiny_config(layers="all", train_bn=True, optimizer="adamw", learning_rate=0.01, weight_decay=0.1)
+    for m in (model, reference):
+        select_trainable(m, config)
+    opt = build_optimizer(model, config)
+    assert opt.defaults["fused"] is True  # CPU parameters: PyTorch's fused kernel
+    ref_opt = torch.optim.AdamW(param_groups(reference, 0.1), lr=0.01, betas=(0.9, 0.999), weight_decay=0.1, foreach=False)
+    for step in range(3):
+        for m, o in ((model, opt), (reference, ref_opt)):
+            o.zero_grad()
+            for i, p in enumerate(m.parameters()):
+                if p.requires_grad:
+                    p.grad = torch.sin(torch.arange(p.numel(), dtype=torch.float32) + i + step).reshape(p.shape)
+            o.step()
+    torch.manual_seed(0)
+    start = StubModel()  # the initial parameters: each trained one moved by about 3 x lr
+    moved = 0
+    for (name, p), q, p0 in zip(model.named_parameters(), reference.parameters(), start.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
+        moved += int(p.requires_grad and float((p - p0).abs().max()) > 0.01)
+    assert moved > 10
+
+
 def test_layer_regex_without_match_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"layers='nothing_here'.*selects no trainable parameter"):
         select_trainable(StubModel(), tiny_config(layers="nothing_here"))

@@ -71,12 +71,12 @@ def test_adamw_groups_rates_and_state_round_trip() -> None:
     assert all(g["lr"] == pytest.approx(2e-3) for g in opt.param_groups)  # 1e-3 per image x 2 images
     assert "roi_heads.mask_norm.weight" in no_decay["names"] and "backbone.body.conv1.weight" in decay["names"]
 
-    # one step equals torch's AdamW on the same groups
+    # one step equals torch's (fused) AdamW on the same groups
     ref_model = make_model()
     select_trainable(ref_model, cfg)
     ref = torch.optim.AdamW([{"params": [p for n, p in ref_model.named_parameters() if n in decay["names"]], "weight_decay": 0.05},
                              {"params": [p for n, p in ref_model.named_parameters() if n in no_decay["names"]], "weight_decay": 0.0}],
-                            lr=2e-3, betas=(0.9, 0.999))
+                            lr=2e-3, betas=(0.9, 0.999), fused=True)
     sample = StubSamples(2)
     images, targets = [sample[0][0], sample[1][0]], [sample[0][1], sample[1][1]]
     for m, o in ((model, opt), (ref_model, ref)):
