@@ -110,6 +110,7 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"repeat_factor_threshold": 0}, "repeat_factor_threshold", "(0, 1]"),
     ({"repeat_factor_threshold": 2}, "repeat_factor_threshold", "(0, 1]"),
     ({"checkpoint_keep": 0}, "checkpoint_keep", ">= 1"),
+    ({"checkpoint_every": 0}, "checkpoint_every", ">= 1"),
     ({"validate_every": -1}, "validate_every", ">= 0"),
     ({"aug_vflip": -0.5}, "aug_vflip", "[0, 1]"),
     ({"aug_rot90": 1.5}, "aug_rot90", "[0, 1]"),

@@ -500,6 +500,14 @@ def test_train_run_directory_metrics_checkpoints_and_skipped_samples(tmp_path: P
     assert (run / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_checkpoint_every_n_epochs_and_always_the_last(tmp_path: Path) -> None:
+    result = run_stub(tiny_config(epochs=5, checkpoint_keep=5, checkpoint_every=2, validate_every=0), tmp_path / "run")
+    ck = result.run_dir / "checkpoints"
+    assert result.epochs_completed == 5 and (ck / "last").read_text().strip() == "epoch_0005"
+    assert sorted(p.name for p in ck.glob("*.state.safetensors")) == [
+        "epoch_0002.state.safetensors", "epoch_0004.state.safetensors", "epoch_0005.state.safetensors"]
+
+
 def test_nan_loss_stops_with_the_term_and_step_and_keeps_the_good_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
     first = run_stub(tiny_config(epochs=1), run)

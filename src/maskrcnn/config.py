@@ -200,6 +200,7 @@ class Config(BaseModel):
     repeat_factor_threshold: float | None = _f(None, "LVIS repeat-factor sampling threshold t (e.g. 0.001); None disables.", gt=0, le=1, example=0.001)
     num_workers: int = _f(2, "Data loader worker processes (0 loads in the main process).", "processes", ge=0)
     checkpoint_keep: int = _f(3, "Most recent epoch checkpoints kept besides the best.", "files", ge=1)
+    checkpoint_every: int = _f(1, "Write the epoch checkpoint (weights and resume state) every N epochs; the last epoch and a stop inside an epoch (time budget, Ctrl-C) always write one. Raise it when epochs take seconds (a small data set): each pair is a full copy of the weights and optimizer state.", "epochs", ge=1)
     validate_every: int = _f(1, "Validate every N epochs (0 disables).", "epochs", ge=0)
     deterministic: bool = _f(False, "Deterministic algorithms and seeded workers (exact resume on CPU).")
 
@@ -401,6 +402,7 @@ _ALIASES = {
     "max_epochs": "epochs", "min_size": "image_min_dim", "max_size": "image_max_dim", "workers": "num_workers",
     "classes": "num_classes", "depth": "backbone", "score_threshold": "detection_min_confidence",
     "nms_threshold": "detection_nms_threshold", "clip_grad": "gradient_clip_norm",
+    "save_period": "checkpoint_every", "checkpoint_period": "checkpoint_every",
 }
 
 

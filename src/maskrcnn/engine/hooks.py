@@ -372,12 +372,16 @@ class ValidationHook(HookBase):
 
 
 class PeriodicCheckpoint(HookBase):
-    """A checkpoint pair after every epoch (``epoch_NNNN``) and at a stop inside an epoch
-    (``step_NNNNNN``); the last ``Config.checkpoint_keep`` pairs are kept (:mod:`.checkpoint`)."""
+    """A checkpoint pair after every ``Config.checkpoint_every``-th epoch and the last one
+    (``epoch_NNNN``), and at any stop (``step_NNNNNN`` inside an epoch); the last
+    ``Config.checkpoint_keep`` pairs are kept (:mod:`.checkpoint`)."""
 
     def after_epoch(self) -> None:
         t = self.trainer
-        run_state.save(t, t.ckpt.epoch_stem(t.epoch) if t.epoch_completed else t.ckpt.step_stem(t.global_step))
+        if not t.epoch_completed:
+            run_state.save(t, t.ckpt.step_stem(t.global_step))
+        elif t.stop is not None or t.epoch >= t.config.epochs or t.epoch % t.config.checkpoint_every == 0:
+            run_state.save(t, t.ckpt.epoch_stem(t.epoch))
 
 
 class SignalHandler(HookBase):
