@@ -155,3 +155,20 @@ def test_load_and_fast_dtype_choices(monkeypatch) -> None:
     with pytest.raises(ConfigError, match=r"^fast_dtype=fp16 needs a CUDA GPU; use fast_dtype=bf16 or fast_dtype=fp32"):
         maskrcnn.load(None, config=tiny(), device="cpu", fast=True, fast_dtype="fp16", progress=False)
     assert Config().fast_dtype == "auto" and Config().amp == "auto"
+
+
+def test_frozen_batchnorm_in_place_on_bf16_activations_stays_bf16_and_correct() -> None:
+    # a frozen stage trained under bf16 autocast: the conv output is bf16, the statistics fp32
+    g = torch.Generator().manual_seed(0)
+    bn = FrozenBatchNorm2d(8)
+    for name in ("weight", "bias", "running_mean"):
+        getattr(bn, name).copy_(torch.randn(8, generator=g))
+    bn.running_var.copy_(torch.rand(8, generator=g) + 0.5)
+    x = torch.randn(2, 8, 6, 5, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    scale, bias = bn.scale_and_bias()
+    want = x.float() * scale.reshape(1, -1, 1, 1) + bias.reshape(1, -1, 1, 1)
+    ptr = x.data_ptr()
+    out = bn(x)
+    assert out.dtype == torch.bfloat16 and out.data_ptr() == ptr  # in place, no second buffer
+    torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
+    assert float((want - out.float()).abs().max()) < 0.05 < float(want.abs().max())

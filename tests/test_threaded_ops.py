@@ -152,3 +152,72 @@ def test_one_pool_per_process_whatever_the_split():
             assert threaded_ops._executor(2) is pool and threaded_ops._executor(4) is pool
     finally:
         torch.set_num_threads(old)
+
+
+# ---------------------------------------------------------------- RoIAlign's sparse-product backward
+
+
+def _edge_rois(n: int, batch: int, width: float, height: float) -> torch.Tensor:
+    """RoIs inside, across and beyond the map's borders, some of zero or sub-pixel size."""
+    g = torch.Generator().manual_seed(7)
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([width * 1.2, height * 1.2]) - torch.tensor([width * 0.1, height * 0.1])
+    wh = torch.rand(n, 2, generator=g) * torch.tensor([width / 2, height / 2])
+    wh[:5] = 0.0  # degenerate: one point
+    wh[5:10] = 0.3  # under a pixel
+    idx = torch.randint(0, batch, (n, 1), generator=g).float()
+    return torch.cat([idx, xy, xy + wh], 1)
+
+
+@pytest.mark.parametrize("aligned,sampling,size", [(False, 2, (7, 7)), (True, 2, (14, 14)), (False, 1, (5, 3)), (True, 3, (4, 6))])
+def test_sparse_roi_align_gradient_equals_torchvision_kernel(aligned, sampling, size):
+    from maskrcnn.modeling.roi_align_grad import roi_align_input_grad
+
+    b, c, h, w, scale = 3, 16, 24, 36, 0.25
+    rois = _edge_rois(90, b, w / scale, h / scale)
+    grad = torch.randn(90, c, *size, generator=torch.Generator().manual_seed(8))
+    ref = torch.ops.torchvision._roi_align_backward(grad, rois, scale, size[0], size[1], b, c, h, w, sampling, aligned)
+    got = roi_align_input_grad(grad, rois, scale, sampling, aligned, (b, c, h, w))
+    assert got.shape == ref.shape and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert ref.abs().sum() > 100 and (ref == 0).any()  # RoIs reach the map, and beyond it
+
+
+def test_sparse_roi_align_gradient_is_the_derivative(two_threads, monkeypatch):
+    monkeypatch.setattr(threaded_ops, "MIN_SPARSE_GRAD_VALUES", 0)
+    seen = []
+    real = threaded_ops.roi_align_input_grad
+    monkeypatch.setattr(threaded_ops, "roi_align_input_grad", lambda *a: seen.append(1) or real(*a))
+    x = torch.randn(2, 2, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    rois = _edge_rois(24, 2, 12.0, 12.0).double()
+
+    for aligned in (False, True):
+        assert torch.autograd.gradcheck(lambda t: threaded_ops.roi_align(t, rois, (3, 2), 1.0, 2, aligned), (x,),
+                                        eps=1e-6, atol=1e-6)
+    assert seen  # the sparse product was the backward
+
+
+def test_sparse_roi_align_backward_under_bf16_channels_last(two_threads, monkeypatch):
+    x32 = torch.randn(2, 64, 32, 32, generator=torch.Generator().manual_seed(4))
+    rois = _rois(64, size=100.0)
+    seen = []
+    real = threaded_ops.roi_align_input_grad
+    monkeypatch.setattr(threaded_ops, "roi_align_input_grad", lambda *a: seen.append(1) or real(*a))
+    grads = []
+    for sparse in (True, False):  # 64 RoIs x 64 channels x 7 x 7: the sparse backward by default
+        if not sparse:
+            monkeypatch.setattr(threaded_ops, "MIN_SPARSE_GRAD_VALUES", 1 << 40)
+        x = x32.to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = threaded_ops.roi_align(x, rois, (7, 7), 0.25, 2, False)
+        (out.float() * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        assert x.grad.dtype == torch.bfloat16 and len(seen) == 1
+        grads.append(x.grad.float())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-2, atol=1e-2)  # the same fp32 sums rounded to bf16
+    assert grads[0].abs().sum() > 10
+
+
+def test_sample_weights_need_a_fixed_grid():
+    from maskrcnn.modeling.roi_align_grad import sample_weights
+
+    with pytest.raises(ValueError, match="sampling_ratio > 0"):
+        sample_weights(_rois(3), 1.0, (7, 7), 0, False, 10, 10)

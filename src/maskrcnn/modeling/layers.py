@@ -39,6 +39,11 @@ class FrozenBatchNorm2d(nn.Module):
             # on the conv output it always follows, so no second full-size buffer is allocated (and a
             # bf16/fp16 activation under autocast stays in its dtype)
             scale, bias = self.scale_and_bias()
+            if x.dtype != scale.dtype:
+                # bf16/fp16 under autocast: the vectors in the activation's dtype, one pass. An fp32
+                # vector in place on a bf16 tensor takes PyTorch's slow mixed-dtype loop (2x256x128x192,
+                # 2 cores: 150 ms against 1.2 ms)
+                return torch.addcmul(bias.reshape(1, -1, 1, 1).to(x.dtype), x, scale.reshape(1, -1, 1, 1).to(x.dtype), out=x)
             return x.mul_(scale.reshape(1, -1, 1, 1)).add_(bias.reshape(1, -1, 1, 1))
         if torch.is_grad_enabled():
             # training: one fused op (one output buffer instead of two); under autocast the activation

@@ -1,0 +1,117 @@
+"""RoIAlign's gradient with respect to its features, as one sparse matrix product (CPU training).
+
+RoIAlign is linear in the features: every pooled value is a weighted sum of feature pixels (for
+each of the bin's ``sampling_ratio x sampling_ratio`` points, the four corners of its bilinear
+interpolation, divided by the number of points). With ``W [K*S_h*S_w, B*H*W]`` holding those
+weights, ``pooled = W @ features`` over channels, and the features' gradient is
+``W^T @ grad_pooled``: one sparse-dense product whose inner loop runs over the channels.
+
+torchvision's CPU backward kernel instead loops over every pooled value of every channel and
+scatters it pixel by pixel on one core: on 2 cores, 256 RoIs pooled 7x7 from a 2x256x128x192 map
+take 190 ms there (100 ms split over two threads) and ~50 ms here. The weights reproduce
+torchvision's geometry (``roi_align_kernel.cpp``: sample points at ``start + ph * bin +
+(iy + 0.5) * bin / grid`` in that order of operations, points beyond one pixel outside the map
+dropped, coordinates clamped at the borders); the sums run in another order, so the gradient
+equals torchvision's to fp32 rounding. Only a fixed grid (``sampling_ratio > 0``) is covered: the
+adaptive grid has a different number of points per RoI.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+__all__ = ["sample_weights", "roi_align_input_grad"]
+
+
+def _axis(coord: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Bilinear corners along one axis of ``n`` pixels for sample coordinates ``coord``: low and high
+    pixel indices, their weights, and whether the point lies beyond one pixel outside the map
+    (torchvision's ``bilinear_interpolate``: ``coord < -1 or coord > n`` contributes nothing)."""
+    outside = (coord < -1.0) | (coord > n)
+    c = coord.clamp(min=0)
+    low = c.floor().long()
+    last = low >= n - 1
+    low = torch.where(last, torch.full_like(low, n - 1), low)
+    high = torch.where(last, low, low + 1)
+    frac = torch.where(last, torch.zeros_like(c), c - low.to(c.dtype))
+    return low, high, 1 - frac, frac, outside
+
+
+def _sample_coords(start: Tensor, length: Tensor, bins: int, grid: int, aligned: bool) -> Tensor:
+    """Sample coordinates ``[K, bins * grid]`` along one axis of each RoI, in torchvision's order of
+    operations (``start + p * bin_size + (i + 0.5) * bin_size / grid``)."""
+    if not aligned:
+        length = length.clamp(min=1.0)
+    size = length / bins
+    p = torch.arange(bins, dtype=start.dtype, device=start.device).repeat_interleave(grid)
+    i = torch.arange(grid, dtype=start.dtype, device=start.device).repeat(bins)
+    return (start[:, None] + p[None] * size[:, None]) + (i[None] + 0.5) * size[:, None] / grid
+
+
+def sample_weights(rois: Tensor, spatial_scale: float, output_size: tuple[int, int], sampling_ratio: int,
+                   aligned: bool, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The nonzero entries of RoIAlign's weight matrix.
+
+    Args:
+        rois: ``[K, 5]`` (batch index, x1, y1, x2, y2) in input pixels (``spatial_scale`` maps them
+            to the feature map).
+        output_size: ``(S_h, S_w)`` bins per RoI.
+        sampling_ratio: points per bin side (> 0).
+        aligned: torchvision's ``aligned`` (a half-pixel shift; without it RoIs are at least 1 px).
+        height, width: the feature map's size.
+
+    Returns:
+        ``(pixel [N], bin [N], weight [N])``: feature pixel ``b * H * W + y * W + x``, pooled bin
+        ``k * S_h * S_w + ph * S_w + pw`` and the weight of that pixel in that bin (duplicates of
+        one pair add up).
+    """
+    if sampling_ratio <= 0:
+        raise ValueError("sample_weights: a fixed sampling grid (sampling_ratio > 0) is required")
+    sh, sw = output_size
+    g = sampling_ratio
+    dtype = rois.dtype if rois.is_floating_point() else torch.float32
+    r = rois.to(dtype)
+    shift = 0.5 if aligned else 0.0
+    x1, y1 = r[:, 1] * spatial_scale - shift, r[:, 2] * spatial_scale - shift
+    x2, y2 = r[:, 3] * spatial_scale - shift, r[:, 4] * spatial_scale - shift
+    ys = _sample_coords(y1, y2 - y1, sh, g, aligned)  # [K, sh * g]
+    xs = _sample_coords(x1, x2 - x1, sw, g, aligned)  # [K, sw * g]
+    ylo, yhi, yw_lo, yw_hi, yout = _axis(ys, height)
+    xlo, xhi, xw_lo, xw_hi, xout = _axis(xs, width)
+    k = rois.shape[0]
+    # corners (y_low, x_low), (y_low, x_high), (y_high, x_low), (y_high, x_high): [K, sh*g, sw*g, 4]
+    y_idx = torch.stack([ylo, ylo, yhi, yhi], -1)[:, :, None, :]
+    x_idx = torch.stack([xlo, xhi, xlo, xhi], -1)[:, None, :, :]
+    y_w = torch.stack([yw_lo, yw_lo, yw_hi, yw_hi], -1)[:, :, None, :]
+    x_w = torch.stack([xw_lo, xw_hi, xw_lo, xw_hi], -1)[:, None, :, :]
+    inside = ~(yout[:, :, None] | xout[:, None, :])  # [K, sh*g, sw*g]
+    weight = (y_w * x_w) * (inside[..., None].to(dtype) / (g * g))
+    batch = r[:, 0].long()
+    pixel = batch[:, None, None, None] * (height * width) + y_idx * width + x_idx
+    by = torch.arange(sh * g, device=rois.device) // g
+    bx = torch.arange(sw * g, device=rois.device) // g
+    bin_ = (torch.arange(k, device=rois.device)[:, None, None] * (sh * sw) + by[None, :, None] * sw + bx[None, None, :])
+    bin_ = bin_[..., None].expand_as(pixel)
+    keep = weight.reshape(-1) != 0
+    return pixel.reshape(-1)[keep], bin_.reshape(-1)[keep], weight.reshape(-1)[keep]
+
+
+def roi_align_input_grad(grad: Tensor, rois: Tensor, spatial_scale: float, sampling_ratio: int, aligned: bool,
+                         shape: tuple[int, int, int, int]) -> Tensor:
+    """The gradient ``[B, C, H, W]`` of RoIAlign's features ``shape`` for ``grad [K, C, S_h, S_w]``
+    of its output (``rois``, ``spatial_scale``, ``sampling_ratio > 0``, ``aligned`` as in the
+    forward call). The result is channels-last in memory (the product's natural layout)."""
+    b, c, h, w = shape
+    k, _, sh, sw = grad.shape
+    pixel, bin_, weight = sample_weights(rois, spatial_scale, (sh, sw), sampling_ratio, aligned, h, w)
+    matrix = torch.sparse_coo_tensor(torch.stack([pixel, bin_]), weight.to(grad.dtype), (b * h * w, k * sh * sw),
+                                     check_invariants=False).coalesce()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the product below is all we use
+        warnings.simplefilter("ignore", UserWarning)
+        matrix = matrix.to_sparse_csr()
+        pooled = grad.permute(0, 2, 3, 1).reshape(k * sh * sw, c)
+        out = torch.sparse.mm(matrix, pooled)  # [B*H*W, C]
+    return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
