@@ -154,7 +154,7 @@ def test_one_pool_per_process_whatever_the_split():
         torch.set_num_threads(old)
 
 
-# ---------------------------------------------------------------- RoIAlign's sparse-product backward
+# ---------------------------------------------------------------- RoIAlign as sparse products (training)
 
 
 def _edge_rois(n: int, batch: int, width: float, height: float) -> torch.Tensor:
@@ -169,55 +169,69 @@ def _edge_rois(n: int, batch: int, width: float, height: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("aligned,sampling,size", [(False, 2, (7, 7)), (True, 2, (14, 14)), (False, 1, (5, 3)), (True, 3, (4, 6))])
-def test_sparse_roi_align_gradient_equals_torchvision_kernel(aligned, sampling, size):
-    from maskrcnn.modeling.roi_align_grad import roi_align_input_grad
+def test_sparse_roi_align_equals_torchvision_kernels(aligned, sampling, size):
+    from maskrcnn.modeling.roi_align_sparse import pool, scatter, weight_matrices
 
     b, c, h, w, scale = 3, 16, 24, 36, 0.25
     rois = _edge_rois(90, b, w / scale, h / scale)
+    x = torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(9))
     grad = torch.randn(90, c, *size, generator=torch.Generator().manual_seed(8))
-    ref = torch.ops.torchvision._roi_align_backward(grad, rois, scale, size[0], size[1], b, c, h, w, sampling, aligned)
-    got = roi_align_input_grad(grad, rois, scale, sampling, aligned, (b, c, h, w))
-    assert got.shape == ref.shape and got.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-    assert ref.abs().sum() > 100 and (ref == 0).any()  # RoIs reach the map, and beyond it
+    ref_out = tv_roi_align(x, rois, size, scale, sampling, aligned)
+    ref_grad = torch.ops.torchvision._roi_align_backward(grad, rois, scale, size[0], size[1], b, c, h, w, sampling, aligned)
+    forward, backward = weight_matrices(rois, scale, size, sampling, aligned, (b, c, h, w), torch.float32)
+    out = pool(x.contiguous(memory_format=torch.channels_last), forward, size)
+    got = scatter(grad, backward, (b, c, h, w))
+    assert out.shape == ref_out.shape and got.shape == ref_grad.shape
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, ref_grad, rtol=1e-5, atol=1e-5)
+    assert ref_grad.abs().sum() > 100 and (ref_grad == 0).any() and (ref_out == 0).any()  # on the map and beyond
 
 
-def test_sparse_roi_align_gradient_is_the_derivative(two_threads, monkeypatch):
-    monkeypatch.setattr(threaded_ops, "MIN_SPARSE_GRAD_VALUES", 0)
-    seen = []
-    real = threaded_ops.roi_align_input_grad
-    monkeypatch.setattr(threaded_ops, "roi_align_input_grad", lambda *a: seen.append(1) or real(*a))
+@pytest.fixture
+def sparse_calls(monkeypatch):
+    """The number of gradients :func:`threaded_ops.roi_align` computed with the sparse product."""
+    seen: list[int] = []
+    real = threaded_ops.roi_align_sparse.scatter
+    monkeypatch.setattr(threaded_ops.roi_align_sparse, "scatter", lambda *a: seen.append(1) or real(*a))
+    return seen
+
+
+def test_sparse_roi_align_gradient_is_the_derivative(two_threads, monkeypatch, sparse_calls):
+    monkeypatch.setattr(threaded_ops, "MIN_SPARSE_VALUES", 0)
     x = torch.randn(2, 2, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True)
     rois = _edge_rois(24, 2, 12.0, 12.0).double()
-
     for aligned in (False, True):
         assert torch.autograd.gradcheck(lambda t: threaded_ops.roi_align(t, rois, (3, 2), 1.0, 2, aligned), (x,),
                                         eps=1e-6, atol=1e-6)
-    assert seen  # the sparse product was the backward
+    assert sparse_calls  # the sparse product was the backward
 
 
-def test_sparse_roi_align_backward_under_bf16_channels_last(two_threads, monkeypatch):
+def test_sparse_roi_align_in_training_under_bf16_channels_last(two_threads, monkeypatch, sparse_calls):
     x32 = torch.randn(2, 64, 32, 32, generator=torch.Generator().manual_seed(4))
     rois = _rois(64, size=100.0)
-    seen = []
-    real = threaded_ops.roi_align_input_grad
-    monkeypatch.setattr(threaded_ops, "roi_align_input_grad", lambda *a: seen.append(1) or real(*a))
-    grads = []
-    for sparse in (True, False):  # 64 RoIs x 64 channels x 7 x 7: the sparse backward by default
+    outs, grads = [], []
+    for sparse in (True, False):  # 64 RoIs x 64 channels x 7 x 7: the sparse products by default
         if not sparse:
-            monkeypatch.setattr(threaded_ops, "MIN_SPARSE_GRAD_VALUES", 1 << 40)
+            monkeypatch.setattr(threaded_ops, "MIN_SPARSE_VALUES", 1 << 40)
         x = x32.to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = threaded_ops.roi_align(x, rois, (7, 7), 0.25, 2, False)
         (out.float() * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
-        assert x.grad.dtype == torch.bfloat16 and len(seen) == 1
+        assert out.dtype == x.grad.dtype == torch.bfloat16 and len(sparse_calls) == 1
+        outs.append(out.float())
         grads.append(x.grad.float())
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-2, atol=1e-2)  # the same fp32 sums rounded to bf16
-    assert grads[0].abs().sum() > 10
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-2, atol=1e-2)  # the same fp32 sums rounded to bf16
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-2, atol=1e-2)
+    assert grads[0].abs().sum() > 10 and outs[0].abs().sum() > 10
+    with torch.no_grad():  # inference: torchvision's kernel, bit for bit
+        assert torch.equal(threaded_ops.roi_align(x32, rois, (7, 7), 0.25, 2, False),
+                           tv_roi_align(x32, rois, (7, 7), 0.25, 2, False))
+    assert len(sparse_calls) == 1
 
 
 def test_sample_weights_need_a_fixed_grid():
-    from maskrcnn.modeling.roi_align_grad import sample_weights
+    from maskrcnn.modeling.roi_align_sparse import sample_weights
 
     with pytest.raises(ValueError, match="sampling_ratio > 0"):
         sample_weights(_rois(3), 1.0, (7, 7), 0, False, 10, 10)

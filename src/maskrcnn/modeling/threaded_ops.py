@@ -7,11 +7,12 @@ with py-spy; docs/performance.md). Their kernels release the GIL, so Python thre
 by side:
 
 * :func:`roi_align` splits the RoIs into one chunk per thread. Each pooled value depends only on
-  its own RoI, so the forward output is bit-identical to torchvision's. Its backward, with a fixed
-  sampling grid and enough pooled values, is one sparse matrix product
-  (:mod:`.roi_align_grad`, 2-5x faster than torchvision's kernel); otherwise it sums one
-  torchvision gradient per chunk. Either differs from torchvision's only in the order of the
-  additions (fp32 rounding).
+  its own RoI, so the forward output is bit-identical to torchvision's; the backward sums one
+  gradient per chunk, which differs from torchvision's only in the order of the additions (fp32
+  rounding). In training (a gradient to compute) with a fixed sampling grid and enough pooled
+  values it is instead two sparse matrix products (:mod:`.roi_align_sparse`: the backward 2-5x
+  faster than torchvision's kernel, the forward without the copy of a channels-last map to
+  NCHW), equal to torchvision's to fp32 rounding both ways.
 * :func:`map_images` runs a per-image function (the RPN's selection with its NMS) for the images
   of a batch side by side; results are identical and in order.
 
@@ -33,7 +34,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align as tv_roi_align
 
-from .roi_align_grad import roi_align_input_grad
+from . import roi_align_sparse
 
 __all__ = ["roi_align", "map_images", "disabled", "threads_for"]
 
@@ -41,10 +42,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MIN_ROIS_PER_THREAD = 16  # below this, thread hand-off costs more than it saves
-#: Pooled values (RoIs x channels x bins) from which RoIAlign's backward is the sparse product: on
-#: 2 cores 150 RoIs x 64 channels x 7x7 take 8 ms there against 17.5 ms in torchvision's kernel,
-#: 70 x 8 x 7x7 2.8 ms against 0.9 ms (building the matrix costs more than the product saves).
-MIN_SPARSE_GRAD_VALUES = 1 << 17
+#: Pooled values (RoIs x channels x bins) from which training pools with the sparse products: on
+#: 2 cores the backward of 150 RoIs x 64 channels x 7x7 takes 8 ms there against 17.5 ms in
+#: torchvision's kernel, of 70 x 8 x 7x7 2.8 ms against 0.9 ms (building the matrix costs more
+#: than the product saves).
+MIN_SPARSE_VALUES = 1 << 17
 _state = threading.local()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
@@ -105,31 +107,23 @@ def map_images(fn: Callable[[T], R], items: Sequence[T], device: torch.device) -
 
 
 class _ChunkedRoIAlign(torch.autograd.Function):
-    """torchvision's RoIAlign forward on ``len(chunks)`` threads, one chunk of RoIs each; the
-    backward as one sparse product (``sparse_grad``) or torchvision's kernel per chunk."""
+    """torchvision's RoIAlign kernels run on ``len(chunks)`` threads, one chunk of RoIs each."""
 
     @staticmethod
     def forward(ctx, x: Tensor, rois: Tensor, bounds: tuple[int, ...], scale: float, size: tuple[int, int],
-                sampling_ratio: int, aligned: bool, sparse_grad: bool, channels_last: bool) -> Tensor:  # noqa: D102
+                sampling_ratio: int, aligned: bool) -> Tensor:  # noqa: D102
         ctx.save_for_backward(rois)
-        ctx.args = (bounds, scale, size, sampling_ratio, aligned, tuple(x.shape), sparse_grad, channels_last)
-        op = torch.ops.torchvision.roi_align
+        ctx.args = (bounds, scale, size, sampling_ratio, aligned, tuple(x.shape))
         chunks = [rois[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        if len(chunks) == 1:
-            return op(x, rois, scale, size[0], size[1], sampling_ratio, aligned)
+        op = torch.ops.torchvision.roi_align
         outs = _executor(len(chunks)).map(lambda r: op(x, r, scale, size[0], size[1], sampling_ratio, aligned), chunks)
         return torch.cat(list(outs), 0)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102
         (rois,) = ctx.saved_tensors
-        bounds, scale, size, sampling_ratio, aligned, (b, c, h, w), sparse_grad, channels_last = ctx.args
+        bounds, scale, size, sampling_ratio, aligned, (b, c, h, w) = ctx.args
         grad = grad.contiguous()
-        if sparse_grad:
-            total = roi_align_input_grad(grad, rois, scale, sampling_ratio, aligned, (b, c, h, w))  # channels-last
-            if not channels_last:
-                total = total.contiguous()
-            return total, None, None, None, None, None, None, None, None
         op = torch.ops.torchvision._roi_align_backward
         parts = [(rois[a:e], grad[a:e]) for a, e in zip(bounds[:-1], bounds[1:])]
         grads = list(_executor(len(parts)).map(
@@ -137,31 +131,49 @@ class _ChunkedRoIAlign(torch.autograd.Function):
         total = grads[0]
         for g in grads[1:]:
             total = total.add_(g)
-        return total, None, None, None, None, None, None, None, None
+        return total, None, None, None, None, None, None
+
+
+class _SparseRoIAlign(torch.autograd.Function):
+    """RoIAlign as the sparse products of :mod:`.roi_align_sparse`; the weights are built once for
+    both directions. The gradient comes back in the features' memory layout."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, rois: Tensor, scale: float, size: tuple[int, int], sampling_ratio: int,
+                aligned: bool) -> Tensor:  # noqa: D102
+        pool_matrix, scatter_matrix = roi_align_sparse.weight_matrices(rois, scale, size, sampling_ratio, aligned,
+                                                                      tuple(x.shape), x.dtype)
+        ctx.scatter_matrix, ctx.shape = scatter_matrix, tuple(x.shape)
+        ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return roi_align_sparse.pool(x, pool_matrix, size)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        out = roi_align_sparse.scatter(grad, ctx.scatter_matrix, ctx.shape)
+        return (out if ctx.channels_last else out.contiguous()), None, None, None, None, None
 
 
 def roi_align(x: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float, sampling_ratio: int,
               aligned: bool) -> Tensor:
     """torchvision's ``roi_align(x [B, C, H, W], rois [K, 5] (batch index, x1, y1, x2, y2 in input
-    pixels), ...) -> [K, C, S, S]``, split over CPU threads, with the sparse-product backward
-    where it pays (see the module doc). As torchvision under autocast, the kernels run in fp32 and
-    the result has ``x``'s dtype."""
+    pixels), ...) -> [K, C, S, S]``, split over CPU threads, or in training the sparse products
+    (see the module doc). As torchvision under autocast, the pooling runs in fp32 and the result
+    has ``x``'s dtype."""
     k = rois.shape[0]
-    if _plain(x.device) or not x.is_floating_point():
-        n, sparse_grad = 1, False
-    else:
-        n = threads_for(x.device, k, MIN_ROIS_PER_THREAD)
-        values = k * x.shape[1] * output_size[0] * output_size[1]
-        sparse_grad = (sampling_ratio > 0 and x.requires_grad and torch.is_grad_enabled()
-                       and values >= MIN_SPARSE_GRAD_VALUES)
-    if n <= 1 and not sparse_grad:
+    n = threads_for(x.device, k, MIN_ROIS_PER_THREAD)
+    sparse = (not _plain(x.device) and x.is_floating_point() and sampling_ratio > 0 and x.requires_grad
+              and torch.is_grad_enabled() and k * x.shape[1] * output_size[0] * output_size[1] >= MIN_SPARSE_VALUES)
+    if not sparse and (n <= 1 or not x.is_floating_point()):
         return tv_roi_align(x, rois, output_size, spatial_scale=spatial_scale, sampling_ratio=sampling_ratio,
                             aligned=aligned)
-    bounds = tuple(k * i // n for i in range(n + 1))
     dtype = x.dtype
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    work = (x if dtype in (torch.float32, torch.float64) else x.float()).contiguous()  # once, not in every thread
+    work = x if dtype in (torch.float32, torch.float64) else x.float()
     with torch.autocast(x.device.type, enabled=False):
-        out = _ChunkedRoIAlign.apply(work, rois.to(work.dtype).contiguous(), bounds, float(spatial_scale),
-                                     tuple(output_size), int(sampling_ratio), bool(aligned), sparse_grad, channels_last)
+        if sparse:  # the features' layout as it is: channels-last needs no copy
+            out = _SparseRoIAlign.apply(work, rois.to(work.dtype), float(spatial_scale), tuple(output_size),
+                                        int(sampling_ratio), bool(aligned))
+        else:
+            bounds = tuple(k * i // n for i in range(n + 1))
+            out = _ChunkedRoIAlign.apply(work.contiguous(), rois.to(work.dtype).contiguous(), bounds,
+                                         float(spatial_scale), tuple(output_size), int(sampling_ratio), bool(aligned))
     return out.to(dtype)

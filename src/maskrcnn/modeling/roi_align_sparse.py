@@ -1,19 +1,21 @@
-"""RoIAlign's gradient with respect to its features, as one sparse matrix product (CPU training).
+"""RoIAlign as sparse matrix products, forward and backward (CPU training).
 
 RoIAlign is linear in the features: every pooled value is a weighted sum of feature pixels (for
 each of the bin's ``sampling_ratio x sampling_ratio`` points, the four corners of its bilinear
 interpolation, divided by the number of points). With ``W [K*S_h*S_w, B*H*W]`` holding those
-weights, ``pooled = W @ features`` over channels, and the features' gradient is
-``W^T @ grad_pooled``: one sparse-dense product whose inner loop runs over the channels.
+weights and the features laid out channels-last as ``X [B*H*W, C]``, the pooled values are
+``W @ X`` and the features' gradient is ``W^T @ grad``: sparse-dense products whose inner loop
+runs over the channels, on every thread.
 
-torchvision's CPU backward kernel instead loops over every pooled value of every channel and
-scatters it pixel by pixel on one core: on 2 cores, 256 RoIs pooled 7x7 from a 2x256x128x192 map
-take 190 ms there (100 ms split over two threads) and ~50 ms here. The weights reproduce
-torchvision's geometry (``roi_align_kernel.cpp``: sample points at ``start + ph * bin +
-(iy + 0.5) * bin / grid`` in that order of operations, points beyond one pixel outside the map
-dropped, coordinates clamped at the borders); the sums run in another order, so the gradient
-equals torchvision's to fp32 rounding. Only a fixed grid (``sampling_ratio > 0``) is covered: the
-adaptive grid has a different number of points per RoI.
+torchvision's CPU kernels loop over every pooled value of every channel on one core, on NCHW
+features (a channels-last bf16 map is first copied to fp32 NCHW); its backward scatters pixel by
+pixel: on 2 cores, the gradient of 256 RoIs pooled 7x7 from a 2x256x128x192 map takes 200 ms
+there and ~46 ms here. The weights reproduce torchvision's geometry (``roi_align_kernel.cpp``:
+sample points at ``start + ph * bin + (iy + 0.5) * bin / grid`` in that order of operations,
+points beyond one pixel outside the map dropped, coordinates clamped at the borders); the sums
+run in another order, so values and gradients equal torchvision's to fp32 rounding. Only a fixed
+grid (``sampling_ratio > 0``) is covered: the adaptive grid has a different number of points per
+RoI. Inference keeps torchvision's kernel (bit-identical outputs).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import warnings
 import torch
 from torch import Tensor
 
-__all__ = ["sample_weights", "roi_align_input_grad"]
+__all__ = ["sample_weights", "weight_matrices", "pool", "scatter"]
 
 
 def _axis(coord: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -99,19 +101,38 @@ def sample_weights(rois: Tensor, spatial_scale: float, output_size: tuple[int, i
     return pixel.reshape(-1)[keep], bin_.reshape(-1)[keep], weight.reshape(-1)[keep]
 
 
-def roi_align_input_grad(grad: Tensor, rois: Tensor, spatial_scale: float, sampling_ratio: int, aligned: bool,
-                         shape: tuple[int, int, int, int]) -> Tensor:
-    """The gradient ``[B, C, H, W]`` of RoIAlign's features ``shape`` for ``grad [K, C, S_h, S_w]``
-    of its output (``rois``, ``spatial_scale``, ``sampling_ratio > 0``, ``aligned`` as in the
-    forward call). The result is channels-last in memory (the product's natural layout)."""
-    b, c, h, w = shape
-    k, _, sh, sw = grad.shape
-    pixel, bin_, weight = sample_weights(rois, spatial_scale, (sh, sw), sampling_ratio, aligned, h, w)
-    matrix = torch.sparse_coo_tensor(torch.stack([pixel, bin_]), weight.to(grad.dtype), (b * h * w, k * sh * sw),
-                                     check_invariants=False).coalesce()
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": the product below is all we use
+def weight_matrices(rois: Tensor, spatial_scale: float, output_size: tuple[int, int], sampling_ratio: int,
+                    aligned: bool, shape: tuple[int, int, int, int], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """RoIAlign's weights as two sparse CSR matrices of ``dtype``: ``W [K*S_h*S_w, B*H*W]`` (pooling)
+    and ``W^T`` (the gradient), for features of ``shape (B, C, H, W)``; arguments as :func:`sample_weights`."""
+    b, _, h, w = shape
+    pixel, bin_, weight = sample_weights(rois, spatial_scale, output_size, sampling_ratio, aligned, h, w)
+    bins, pixels = rois.shape[0] * output_size[0] * output_size[1], b * h * w
+    weight = weight.to(dtype)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": products are all we use
         warnings.simplefilter("ignore", UserWarning)
-        matrix = matrix.to_sparse_csr()
-        pooled = grad.permute(0, 2, 3, 1).reshape(k * sh * sw, c)
-        out = torch.sparse.mm(matrix, pooled)  # [B*H*W, C]
+        forward = torch.sparse_coo_tensor(torch.stack([bin_, pixel]), weight, (bins, pixels), check_invariants=False)
+        backward = torch.sparse_coo_tensor(torch.stack([pixel, bin_]), weight, (pixels, bins), check_invariants=False)
+        return forward.coalesce().to_sparse_csr(), backward.coalesce().to_sparse_csr()
+
+
+def _product(matrix: Tensor, dense: Tensor) -> Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse.mm(matrix, dense)
+
+
+def pool(x: Tensor, matrix: Tensor, output_size: tuple[int, int]) -> Tensor:
+    """RoIAlign's output ``[K, C, S_h, S_w]`` (channels-last in memory) of features ``x [B, C, H, W]``
+    (channels-last: no copy) with ``matrix`` ``W`` of :func:`weight_matrices`."""
+    b, c, h, w = x.shape
+    out = _product(matrix, x.permute(0, 2, 3, 1).reshape(b * h * w, c))
+    return out.reshape(-1, output_size[0], output_size[1], c).permute(0, 3, 1, 2)
+
+
+def scatter(grad: Tensor, matrix: Tensor, shape: tuple[int, int, int, int]) -> Tensor:
+    """The features' gradient ``shape (B, C, H, W)`` (channels-last in memory) for the output's
+    ``grad [K, C, S_h, S_w]``, with ``matrix`` ``W^T`` of :func:`weight_matrices`."""
+    b, c, h, w = shape
+    out = _product(matrix, grad.permute(0, 2, 3, 1).reshape(-1, c))
     return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
