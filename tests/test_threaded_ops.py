@@ -170,7 +170,7 @@ def _edge_rois(n: int, batch: int, width: float, height: float) -> torch.Tensor:
 
 @pytest.mark.parametrize("aligned,sampling,size", [(False, 2, (7, 7)), (True, 2, (14, 14)), (False, 1, (5, 3)), (True, 3, (4, 6))])
 def test_sparse_roi_align_equals_torchvision_kernels(aligned, sampling, size):
-    from maskrcnn.modeling.roi_align_sparse import pool, scatter, weight_matrices
+    from maskrcnn.modeling.roi_align_sparse import pool, sample_weights, scatter
 
     b, c, h, w, scale = 3, 16, 24, 36, 0.25
     rois = _edge_rois(90, b, w / scale, h / scale)
@@ -178,9 +178,10 @@ def test_sparse_roi_align_equals_torchvision_kernels(aligned, sampling, size):
     grad = torch.randn(90, c, *size, generator=torch.Generator().manual_seed(8))
     ref_out = tv_roi_align(x, rois, size, scale, sampling, aligned)
     ref_grad = torch.ops.torchvision._roi_align_backward(grad, rois, scale, size[0], size[1], b, c, h, w, sampling, aligned)
-    forward, backward = weight_matrices(rois, scale, size, sampling, aligned, (b, c, h, w), torch.float32)
-    out = pool(x.contiguous(memory_format=torch.channels_last), forward, size)
-    got = scatter(grad, backward, (b, c, h, w))
+    pixel, weight = sample_weights(rois, scale, size, sampling, aligned, h, w)
+    assert pixel.shape == weight.shape == (90 * size[0] * size[1], 4 * sampling * sampling)
+    out = pool(x.contiguous(memory_format=torch.channels_last), pixel, weight, size)
+    got = scatter(grad, pixel, weight, (b, c, h, w))
     assert out.shape == ref_out.shape and got.shape == ref_grad.shape
     assert got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)

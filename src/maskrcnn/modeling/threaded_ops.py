@@ -135,21 +135,22 @@ class _ChunkedRoIAlign(torch.autograd.Function):
 
 
 class _SparseRoIAlign(torch.autograd.Function):
-    """RoIAlign as the sparse products of :mod:`.roi_align_sparse`; the weights are built once for
+    """RoIAlign as the sparse products of :mod:`.roi_align_sparse`; the weights are computed once for
     both directions. The gradient comes back in the features' memory layout."""
 
     @staticmethod
     def forward(ctx, x: Tensor, rois: Tensor, scale: float, size: tuple[int, int], sampling_ratio: int,
                 aligned: bool) -> Tensor:  # noqa: D102
-        pool_matrix, scatter_matrix = roi_align_sparse.weight_matrices(rois, scale, size, sampling_ratio, aligned,
-                                                                      tuple(x.shape), x.dtype)
-        ctx.scatter_matrix, ctx.shape = scatter_matrix, tuple(x.shape)
+        pixel, weight = roi_align_sparse.sample_weights(rois, scale, size, sampling_ratio, aligned, x.shape[2], x.shape[3])
+        ctx.save_for_backward(pixel, weight)
+        ctx.shape = tuple(x.shape)
         ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        return roi_align_sparse.pool(x, pool_matrix, size)
+        return roi_align_sparse.pool(x, pixel, weight, size)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102
-        out = roi_align_sparse.scatter(grad, ctx.scatter_matrix, ctx.shape)
+        pixel, weight = ctx.saved_tensors
+        out = roi_align_sparse.scatter(grad, pixel, weight, ctx.shape)
         return (out if ctx.channels_last else out.contiguous()), None, None, None, None, None
 
 
