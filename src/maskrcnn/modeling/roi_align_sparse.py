@@ -6,14 +6,14 @@ interpolation, divided by the number of points). With ``W [K*S_h*S_w, B*H*W]`` h
 weights and the features laid out channels-last as ``X [B*H*W, C]``, the pooled values are
 ``W @ X`` and the features' gradient is ``W^T @ grad``: sparse-dense products whose inner loop
 runs over the channels. Both run as ``embedding_bag`` with per-sample weights (PyTorch's
-vectorised, multi-threaded gather-and-sum): the forward with one bag of ``4 * grid^2`` pixels per
+vectorised gather-and-sum): the forward with one bag of ``4 * grid^2`` pixels per
 bin, the gradient with one bag of bins per pixel (the entries sorted by pixel).
 
 torchvision's CPU kernels loop over every pooled value of every channel on one core, on NCHW
 features (a channels-last bf16 map is first copied to fp32 NCHW); its backward scatters pixel by
 pixel: on 2 cores, the gradient of 256 RoIs pooled 7x7 from a 2x256x128x192 map takes 200 ms
-there and ~46 ms as a sparse matrix product; 740 RoIs pooled from that map take 340 ms
-(channels-last input, one thread) there and 16-22 ms here. The weights reproduce torchvision's geometry (``roi_align_kernel.cpp``:
+there, 45 ms as a coalesced sparse-matrix product and 22 ms here; 740 RoIs pooled from that map
+take 340 ms (channels-last input, one thread) there and 16-22 ms here. The weights reproduce torchvision's geometry (``roi_align_kernel.cpp``:
 sample points at ``start + ph * bin + (iy + 0.5) * bin / grid`` in that order of operations,
 points beyond one pixel outside the map dropped, coordinates clamped at the borders); the sums
 run in another order, so values and gradients equal torchvision's to fp32 rounding. Only a fixed
