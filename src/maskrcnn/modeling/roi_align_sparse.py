@@ -11,14 +11,16 @@ bin, the gradient with one bag of bins per pixel (the entries sorted by pixel).
 
 torchvision's CPU kernels loop over every pooled value of every channel on one core, on NCHW
 features (a channels-last bf16 map is first copied to fp32 NCHW); its backward scatters pixel by
-pixel: on 2 cores, the gradient of 256 RoIs pooled 7x7 from a 2x256x128x192 map takes 200 ms
+pixel. On 2 cores, the gradient of 256 RoIs pooled 7x7 from a 2x256x128x192 map takes 200 ms
 there, 45 ms as a coalesced sparse-matrix product and 22 ms here; 740 RoIs pooled from that map
-take 340 ms (channels-last input, one thread) there and 16-22 ms here. The weights reproduce torchvision's geometry (``roi_align_kernel.cpp``:
-sample points at ``start + ph * bin + (iy + 0.5) * bin / grid`` in that order of operations,
-points beyond one pixel outside the map dropped, coordinates clamped at the borders); the sums
-run in another order, so values and gradients equal torchvision's to fp32 rounding. Only a fixed
-grid (``sampling_ratio > 0``) is covered: the adaptive grid has a different number of points per
-RoI. Inference keeps torchvision's kernel (bit-identical outputs).
+take 340 ms there (channels-last input, one thread) and 16-22 ms here.
+
+The weights reproduce torchvision's geometry (``roi_align_kernel.cpp``: sample points at
+``start + ph * bin + (iy + 0.5) * bin / grid`` in that order of operations, points beyond one
+pixel outside the map dropped, coordinates clamped at the borders); the sums run in another
+order, so values and gradients equal torchvision's to fp32 rounding. Only a fixed grid
+(``sampling_ratio > 0``) is covered: the adaptive grid has a different number of points per RoI.
+Inference keeps torchvision's kernel (bit-identical outputs).
 """
 
 from __future__ import annotations
